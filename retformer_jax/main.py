@@ -1,0 +1,96 @@
+"""Entry point: `python -m retformer_jax.main --config=configs/demo.py --workdir=DIR`.
+
+Parses flags, joins the multi-host job when there is one, then runs the stages the config names.
+Every stage is cached in the workdir, so rerunning after a crash resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging as pylogging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (a Python file with get_config()).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for stage outputs, checkpoints and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _maybe_initialize_distributed() -> None:
+  """Joins a multi-process job when the launcher says there is one.
+
+  TPU VMs, SLURM and our launch scripts set the environment that
+  `jax.distributed.initialize()` auto-detects; an explicit coordinator can be given through
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+  """
+  import jax
+
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    if env.get("RETFORMER_CPU_COLLECTIVES"):
+      jax.config.update("jax_cpu_collectives_implementation", env["RETFORMER_CPU_COLLECTIVES"])
+    jax.distributed.initialize(
+        coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(env["JAX_NUM_PROCESSES"]),
+        process_id=int(env["JAX_PROCESS_ID"]))
+  elif any(k in env for k in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
+    if int(env.get("SLURM_NTASKS", env.get("OMPI_COMM_WORLD_SIZE", "2"))) > 1:
+      jax.distributed.initialize()
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from retformer_jax import stages
+
+  try:
+    config = FLAGS.config
+    names = tuple(config.stages)
+  except OSError as e:
+    raise app.UsageError(f"--config could not be loaded: {e}") from None
+  workdir = os.path.abspath(FLAGS.workdir)
+  stages.check_names(names)  # fail on a typo before joining a job or touching disk
+  _maybe_initialize_distributed()
+  import jax
+
+  os.makedirs(workdir, exist_ok=True)
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  for name in names:
+    logging.info("=== stage %s ===", name)
+    stages.get(name)(config, workdir)
+
+
+def _parse_flags(argv):
+  """absl flag parsing, with config-override mistakes reported in one line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpfull to see all flags.\n")
+  except (KeyError, AttributeError) as e:
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    detail = e
+    while isinstance(detail, BaseException) and detail.args:
+      detail = detail.args[0]
+    detail = str(detail).replace("\n", " ")
+    sys.stderr.write(
+        f"FATAL Unknown config key {detail} in one of {overrides}. Every key is declared in the "
+        "config file (see configs/common.py for all of them); check the spelling and the "
+        "section, e.g. --config.train.lr=1e-4.\n")
+  sys.exit(2)
+
+
+def run() -> None:
+  pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.ERROR)
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()
