@@ -53,10 +53,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.name = "demo"  # demo | cifar100_lt | imagenet_lt | places_lt | inat2018 | webvision
   c.data.tfds_data_dir = ""  # "" = TFDS default (~/tensorflow_datasets)
   c.data.manual_dir = ""  # for data sets TFDS cannot download (ImageNet, WebVision)
-  c.data.lt_splits_dir = ""  # OLTR split lists (ImageNet_LT_*.txt, Places_LT_*.txt)
+  c.data.lt_splits_dir = ""  # OLTR split lists; "" = the Places-LT lists shipped with the package
+  c.data.cache_dir = ""  # local; cached label scans + list matches; "" = ~/.cache/retformer_jax
+  c.data.lt_imbalance = 100.0  # cifar100_lt: max / min class count of the generated subset
   c.data.train_split = "train"
   c.data.eval_splits = ("test",)
   c.data.num_workers = 4  # decoding threads
+  c.data.max_examples = 0  # per split; > 0 keeps that many, evenly spaced (smoke runs)
   # Generated demo set (used when data.name == "demo").
   c.data.demo = ml_collections.ConfigDict()
   c.data.demo.num_classes = 20
@@ -76,6 +79,117 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.top5 = False
   c.eval.num_explained = 8  # predictions drawn in the explanation sheet
 
+  # Knowledge base: a named list of sources (see retformer_jax/kb/layout.py). Entries:
+  # "downstream" (the training split of config.data), "<dataset>:<split>", "[name=]wds:<dir>"
+  # (webdataset / img2dataset tars), "[name=]clipret:<dir>" (clip-retrieval embeddings).
+  c.kb = ml_collections.ConfigDict()
+  c.kb.name = "downstream"  # index / neighbours live under WORKDIR/{index,neighbors}/<name>
+  c.kb.sources = ("downstream",)
+  c.kb.precomputed_encoder = ""  # id (CLIP folder basename) that made clipret embeddings
+
+  # Embedding stores (stage `embed`); the encoder is config.clip.
+  c.embed = ml_collections.ConfigDict()
+  c.embed.batch_size = 0  # per process (same batches on 1 or N hosts); 0 = clip.batch_size
+  c.embed.shard_size = 4096  # source items per atomically written shard (the resume unit)
+  c.embed.prefetch_batches = 4  # batches decoded ahead of the device by data.num_workers threads
+  c.embed.progress = True  # tqdm bar (items/s, ETA) on stderr
+
+  # ANN index over the KB's image vectors (stage `index`); one segment per source.
+  c.index = ml_collections.ConfigDict()
+  c.index.backend = "faiss"  # faiss | scann | exact
+  c.index.rerank_depth = 0  # >0: fetch this many candidates, re-score exactly from the store
+  c.index.segment_size = 0  # >0: cut sources into segments of this many rows (built per host)
+  c.index.faiss = ml_collections.ConfigDict()
+  c.index.faiss.factory = ""  # any faiss index_factory string; "" = "HNSW{hnsw_m},Flat"
+  c.index.faiss.hnsw_m = 32
+  c.index.faiss.ef_construction = 200
+  c.index.faiss.ef_search = 128
+  c.index.faiss.nprobe = 64  # IVF factories
+  c.index.faiss.train_size = 262144  # vectors sampled to train IVF / PQ
+  c.index.faiss.mmap = False  # memory-map the index file on load (IVF / flat codes)
+  c.index.scann = ml_collections.ConfigDict()
+  c.index.scann.num_leaves = 0  # 0 = about sqrt(N)
+  c.index.scann.num_leaves_to_search = 0  # 0 = num_leaves / 10 (at least 1)
+  c.index.scann.training_sample_size = 262144
+  c.index.scann.dims_per_block = 2  # asymmetric hashing: 4-bit codes per 2 dims
+  c.index.scann.anisotropic_threshold = 0.2
+  c.index.scann.reorder_k = 256  # exact re-scoring of the best AH candidates
+  c.index.exact = ml_collections.ConfigDict()
+  c.index.exact.approx = False  # jax.lax.approx_max_k for the local top-k (TPU)
+  c.index.exact.recall_target = 0.95  # approx_max_k only
+  c.index.exact.query_batch = 1024
+
+  # Neighbours per query split (stage `neighbors`): data.train_split, train.eval_split, then
+  # data.eval_splits (each of these splits also gets a query store in stage `embed`).
+  c.neighbors = ml_collections.ConfigDict()
+  c.neighbors.k = 32
+  c.neighbors.exclude_self = True  # drop the query's own entry when the KB holds its split
+  c.neighbors.exclude_duplicates = True  # ...and entries with an identical image vector
+  c.neighbors.extra_depth = 16  # search k + this, deeper again if the filter left < k
+  c.neighbors.chunk_size = 16384  # queries per atomically written part (the resume unit)
+  c.neighbors.splits = ()  # query splits to (re)compute; () = all of the above
+
+  # RetFormer model (SPEC "RetFormer model"). k comes from config.neighbors.k.
+  c.model = ml_collections.ConfigDict()
+  c.model.width = 0  # fusion width; 0 = the CLIP embedding dim (no input projection)
+  c.model.num_layers = 4  # L cross-fusion layers
+  c.model.num_heads = 8
+  c.model.mlp_ratio = 4
+  c.model.backbone_hidden = 0  # hidden width of the MLP branch L_I; 0 = linear
+  c.model.tau = 2.0  # f = (tau / 2) (L_I + L_R)
+  c.model.use_retrieval = True  # False = MLP-only baseline
+  c.model.modalities = "image_text"  # image_text | image | text
+  c.model.dropout = 0.0
+  c.model.dtype = "float32"  # compute dtype: "bfloat16" on TPU/GPU
+
+  # RetFormer training (paper recipe).
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 25
+  c.train.batch_size = 256  # global
+  c.train.lr = 5e-4
+  c.train.weight_decay = 0.1
+  c.train.warmup_epochs = 1.0
+  c.train.grad_clip = 1.0  # global-norm clip; 0 = off
+  c.train.loss = "ce"  # ce | lace
+  c.train.lace_tau = 1.0  # LACE: logits + lace_tau * log(prior)
+  c.train.label_smoothing = 0.1
+  c.train.mixup_alpha = 0.2  # 0 = off
+  c.train.log_every = 50  # steps
+  c.train.eval_every_epochs = 1  # val top-1 for the "best" checkpoint; 0 = off
+  c.train.eval_split = ""  # e.g. "val" (must be in data.eval_splits): picks the best checkpoint
+
+  # RetFormer checkpoints (orbax).
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.keep_last = 2
+  c.checkpoint.keep_best = 1  # by val top-1
+  c.checkpoint.async_save = True
+  c.checkpoint.step = -1  # eval: -1 = best if any, else latest
+
+  # RetLLM: CLIP top-K candidates re-scored by Qwen2.5-VL (stage `retllm`).
+  c.retllm = ml_collections.ConfigDict()
+  c.retllm.model_path = ""  # HF Qwen2.5-VL / Qwen2-VL folder; "" = embedded tiny random model
+  c.retllm.dataset = "flickr30k"  # flickr30k | coco | coco_tfds | demo
+  c.retllm.data_dir = ""  # image folder (Karpathy layout) or TFDS data_dir (coco_tfds)
+  c.retllm.karpathy_json = ""  # dataset_flickr30k.json / dataset_coco.json
+  c.retllm.split = "test"  # Karpathy / TFDS split holding the 1k (Flickr30k) or 5k (COCO) test
+  c.retllm.captions_per_image = 5
+  c.retllm.top_k = 5  # CLIP candidates re-scored per query
+  c.retllm.floor_decimals = 2  # P(True) floored to this many decimals (-1 = no flooring)
+  c.retllm.injection = True  # visual re-injection into one FFN layer
+  c.retllm.injection_alpha = 0.12
+  c.retllm.injection_tau = 0.75  # top-10 entropy / log 10 threshold that arms a layer
+  c.retllm.injection_layer_lo = 5  # layers l with lo < l < hi are watched for the trigger
+  c.retllm.injection_layer_hi = 16
+  c.retllm.injection_memory = "all"  # all (input embeddings) | image (image tokens only)
+  c.retllm.batch_size = 8  # candidates per MLLM forward
+  c.retllm.dtype = "bfloat16"  # MLLM compute dtype ("float32" on CPU)
+  c.retllm.min_pixels = 256 * 28 * 28
+  c.retllm.max_pixels = 512 * 28 * 28
+  c.retllm.num_images = 0  # first N gallery images and their captions (0 = all; smoke runs)
+  c.retllm.num_queries = 0  # first N queries per direction re-scored (0 = all; smoke runs)
+  c.retllm.chunk_size = 64  # queries per resumable result file (pairs of a chunk share prefixes)
+
   return c
 
 
@@ -83,4 +197,10 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config so that it runs on a laptop CPU in minutes."""
   c.clip.batch_size = 64
   c.eval.batch_size = 64
+  c.model.num_layers = 1
+  c.model.num_heads = 2
+  c.train.epochs = 2
+  c.train.batch_size = 64
+  c.train.log_every = 5
+  c.checkpoint.every_steps = 20
   return c

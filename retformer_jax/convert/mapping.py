@@ -196,7 +196,8 @@ def export_params(params, table: Sequence[Rule]) -> dict[str, np.ndarray]:
     names, stacked = rule.source_names(m, leaf.shape)
     per = list(leaf) if stacked else [leaf]
     for name, y in zip(names, per):
-      out[name] = np.ascontiguousarray(rule.hook.to_hf(y, rule.hook.hf_shape(y.shape)))
+      # np.array(order='C'), not ascontiguousarray, which turns 0-d tensors into 1-d.
+      out[name] = np.array(rule.hook.to_hf(y, rule.hook.hf_shape(y.shape)), order="C")
   return out
 
 

@@ -85,8 +85,8 @@ class SafetensorsFile:
 
 
 class SafetensorsFolder:
-  """All tensors of a HuggingFace folder: `model.safetensors`, a sharded
-  `*.safetensors.index.json`, or every `*.safetensors` file in it."""
+  """All tensors of a HuggingFace folder: a sharded `*.safetensors.index.json`, else
+  `model.safetensors`, else every `*.safetensors` file in it."""
 
   def __init__(self, folder: str):
     if not os.path.isdir(folder):
@@ -101,6 +101,10 @@ class SafetensorsFolder:
       with open(os.path.join(folder, index[0])) as f:
         weight_map = json.load(f)["weight_map"]
       files = sorted(set(weight_map.values()))
+    elif os.path.exists(os.path.join(folder, "model.safetensors")):
+      # As transformers does; e.g. laion/* repos also hold open_clip_model.safetensors, the
+      # same weights under OpenCLIP's own names.
+      files = ["model.safetensors"]
     else:
       files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
     if not files:
@@ -142,7 +146,7 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str,
   offset = 0
   arrays = []
   for name in sorted(tensors):
-    a = np.ascontiguousarray(np.asarray(tensors[name]))
+    a = np.asarray(tensors[name], order="C")  # keeps 0-d tensors 0-d
     if a.dtype not in _NAMES:
       raise SafetensorsError(f"Cannot store tensor {name!r} of dtype {a.dtype}.")
     header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape),

@@ -116,8 +116,12 @@ def karpathy(karpathy_json: str, data_dir: str, *, split: str = "test",
       caption_image=np.asarray(caption_image, np.int64))
 
 
-def from_caption_records(source, *, name: str, captions_per_image: int = 5) -> CaptionSet:
-  """A gallery from records {"image": uint8 HWC, "captions": {"text": [bytes|str]}} (TFDS)."""
+def from_caption_records(source, *, name: str, captions_per_image: int = 5,
+                         decode: Callable[[object], np.ndarray] = np.asarray) -> CaptionSet:
+  """A gallery from records {"image", "captions": {"text": [bytes|str]}} (TFDS coco_captions).
+
+  Captions are read once here (one pass over the records); images are decoded lazily.
+  """
   captions, caption_image = [], []
   for i in range(len(source)):
     texts = source[i]["captions"]["text"]
@@ -128,24 +132,23 @@ def from_caption_records(source, *, name: str, captions_per_image: int = 5) -> C
     captions += [t.strip() for t in texts[:captions_per_image]]
     caption_image += [i] * captions_per_image
   return CaptionSet(name=name, num_images=len(source),
-                    load_image=lambda i: np.asarray(source[i]["image"], np.uint8),
+                    load_image=lambda i: np.asarray(decode(source[i]["image"]), np.uint8),
                     captions=captions, caption_image=np.asarray(caption_image, np.int64))
+
+
+TFDS_COCO = "coco_captions/2014"
 
 
 def coco_tfds(data_dir: str, *, split: str = "test", captions_per_image: int = 5) -> CaptionSet:
   """TFDS `coco_captions/2014` (its `test` split is Karpathy's 5k test), read without TF."""
-  import tensorflow_datasets as tfds
+  from retformer_jax.data import tfds_source
 
-  kwargs = {"data_dir": data_dir} if data_dir else {}
-  try:
-    source = tfds.data_source("coco_captions/2014", split=split, **kwargs)
-  except Exception as e:  # TFDS raises several types for a missing or non-random-access build
-    raise CaptionSetError(
-        f"Could not open TFDS coco_captions/2014 split {split!r} in "
-        f"{data_dir or '~/tensorflow_datasets'}: {e}. Prepare it once with "
-        "`tfds build coco_captions/2014 --file_format=array_record` (needs the `prep` extra) "
-        "and set --config.retllm.data_dir to its data_dir.") from e
-  return from_caption_records(source, name="coco_captions", captions_per_image=captions_per_image)
+  ds = tfds_source.open_prepared(
+      TFDS_COCO, data_dir,
+      prepare=f"tfds build {TFDS_COCO} --file_format=array_record --data_dir=DATA_DIR")
+  return from_caption_records(ds.source(split), name="coco_captions",
+                              captions_per_image=captions_per_image,
+                              decode=tfds_source.decode_image)
 
 
 def demo(demo_config, *, split: str = "test") -> CaptionSet:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run on every worker of a TPU VM pod slice. jax.distributed.initialize() finds the other
+# workers by itself on TPU VMs, so every worker runs the same command.
+#   TPU_NAME=my-v5e-32 ZONE=us-west4-a WORKDIR=/mnt/shared/inat \
+#       launch/tpu_pod.sh --config=configs/inat.py
+# WORKDIR must be on storage every worker sees (Filestore/NFS, or a gcsfuse mount): the
+# embedding store and the index are memory-mapped from it; checkpoints go there too.
+set -euo pipefail
+: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR}"
+REPO_DIR="${REPO_DIR:-~/retformer_jax}"
+PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
+args=$(printf ' %q' "$@")
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker=all --command "
+  set -e
+  cd $REPO_DIR
+  if [ ! -f .installed ]; then pip install -q -e '.[tpu]' && touch .installed; fi
+  python -m retformer_jax.main $args --workdir=$WORKDIR 2>&1 | tee -a /tmp/retformer_\$(hostname).log
+"

@@ -1,0 +1,25 @@
+"""iNaturalist 2018 from TFDS `i_naturalist2018`: 8,142 species, 437,513 train images; the
+24,426 validation images serve as the test set (the competition's test labels are private)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retformer_jax.data import base
+from retformer_jax.data import tfds_source
+
+TFDS_NAME = "i_naturalist2018"
+PREPARE = ("tfds build i_naturalist2018 --file_format=array_record [--data_dir=DIR]"
+           "   # downloads the 2018 competition archives (~120 GB)")
+_SPLITS = {"train": "train", "test": "validation"}
+
+
+def load(data_config) -> base.LabelledSplits:
+  dataset = tfds_source.open_prepared(TFDS_NAME, data_config.tfds_data_dir, PREPARE)
+  names = dataset.class_names()
+  splits = {ours: tfds_source.TfdsSplit(dataset, theirs,
+                                        labels=dataset.labels(theirs, data_config))
+            for ours, theirs in _SPLITS.items()}
+  counts = np.bincount(splits["train"].labels, minlength=len(names)).astype(np.int64)
+  return base.LabelledSplits(name="inat2018", class_names=names, train_counts=counts,
+                             splits=splits)

@@ -1,0 +1,201 @@
+"""Prepared TFDS data sets read without TensorFlow: array_record files, random access, PIL decoding.
+
+`open_prepared` finds `<tfds_data_dir>/<name>/<version>/` and opens it from its
+`dataset_info.json` alone (no builder code runs, so no TensorFlow), failing with the command
+that prepares it when it is missing. `TfdsSplit` wraps one split (optionally a subset of its
+records) into the example schema of data/base.py. What needs a scan of a whole split (its
+labels; the rows that match a split list) is cached as .npy files under `data.cache_dir` (a
+local path), keyed by the data set's version and shard layout, since a scan reads every record.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import json
+import os
+import threading
+import uuid
+from typing import Callable, Sequence
+
+from absl import logging
+from etils import epath
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+_SCAN_CHUNK = 2048
+
+
+class DataNotPreparedError(FileNotFoundError):
+  """The TFDS data set a config names has not been prepared in the data dir."""
+
+
+def default_data_dir(data_dir: str) -> str:
+  return data_dir or tfds.core.constants.get_default_data_dir()
+
+
+def default_cache_dir(cache_dir: str) -> str:
+  return cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "retformer_jax")
+
+
+def _version_key(name: str) -> tuple:
+  return tuple(int(p) if p.isdigit() else -1 for p in name.split("."))
+
+
+def open_prepared(name: str, data_dir: str, prepare: str,
+                  needs_tensorflow: bool = True) -> "PreparedDataset":
+  """Opens the newest prepared version of TFDS data set `name`; `prepare` is the command to
+  run when it is missing (shown in the error, with the `prep` extra when it needs TF)."""
+  root = epath.Path(default_data_dir(data_dir))
+  base_dir = root / name
+  versions = []
+  if base_dir.exists():
+    versions = sorted((p for p in base_dir.iterdir() if (p / "dataset_info.json").exists()),
+                      key=lambda p: _version_key(p.name))
+  if not versions:
+    prep = ("  pip install 'retformer_jax[prep]'   # (-e '.[prep]' in a checkout) TensorFlow, only to "
+            "prepare\n"
+            if needs_tensorflow else "")
+    raise DataNotPreparedError(
+        f"TFDS data set {name!r} is not prepared under {root}. Prepare it once with\n"
+        f"{prep}  {prepare}\n"
+        f"then point --config.data.tfds_data_dir (or TFDS_DATA_DIR) at that data dir.")
+  builder = tfds.builder_from_directory(os.fspath(versions[-1]))
+  formats = {str(f.value) for f in builder.info.available_file_formats()} or {
+      str(builder.info.file_format.value)}
+  if "array_record" not in formats:
+    raise DataNotPreparedError(
+        f"{versions[-1]} holds {sorted(formats)} files; reading without TensorFlow needs "
+        f"array_record. Convert it once with\n  tfds convert_format "
+        f"--dataset_dir={versions[-1]} --out_file_format=array_record\n"
+        f"or prepare it again with --file_format=array_record.")
+  return PreparedDataset(name, builder)
+
+
+class PreparedDataset:
+  """One prepared TFDS data set: its splits as random-access sources, its class names."""
+
+  def __init__(self, name: str, builder):
+    self.name = name
+    self.builder = builder
+    self.version = str(builder.info.version)
+    self._sources: dict[str, object] = {}
+    self._lock = threading.Lock()
+    self._image_fields = [k for k, f in builder.info.features.items()
+                          if isinstance(f, tfds.features.Image)]
+
+  def splits(self) -> list[str]:
+    return list(self.builder.info.splits.keys())
+
+  def num_examples(self, split: str) -> int:
+    return int(self.builder.info.splits[split].num_examples)
+
+  def class_names(self, field: str = "label") -> list[str]:
+    return list(self.builder.info.features[field].names)
+
+  def source(self, split: str):
+    """The split's records with images left as encoded bytes (we decode them with PIL)."""
+    with self._lock:  # decoding threads may all ask for the split at once
+      if split not in self._sources:
+        if split not in self.builder.info.splits:
+          raise ValueError(f"TFDS data set {self.name!r} has no split {split!r}; "
+                           f"it has {self.splits()}")
+        decoders = {k: tfds.decode.SkipDecoding() for k in self._image_fields}
+        self._sources[split] = self.builder.as_data_source(
+            split=split, decoders=decoders, file_format="array_record")
+      return self._sources[split]
+
+  def scan(self, split: str, fields: Sequence[str], num_workers: int) -> dict[str, list]:
+    """Every record's `fields`, in record order (reads the whole split once)."""
+    src = self.source(split)
+    n = len(src)
+    chunks = [range(s, min(s + _SCAN_CHUNK, n)) for s in range(0, n, _SCAN_CHUNK)]
+
+    def read(chunk):
+      return [[rec[f] for f in fields] for rec in src.__getitems__(list(chunk))]
+
+    out = {f: [] for f in fields}
+    logging.info("Scanning %s:%s (%d records) for %s", self.name, split, n, list(fields))
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
+      for rows in pool.map(read, chunks):
+        for row in rows:
+          for f, v in zip(fields, row):
+            out[f].append(v.decode("utf-8") if isinstance(v, bytes) else v)
+    return out
+
+  def cache_key(self, split: str) -> str:
+    """Identifies the prepared split's content (name, version, shard layout)."""
+    info = self.builder.info.splits[split]
+    blob = json.dumps([self.builder.info.full_name, split, int(info.num_examples),
+                       [int(x) for x in info.shard_lengths]])
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+  def cached(self, data_config, what: str, split: str,
+             compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """`compute()`'s array, cached at cache_dir/<name>/<version>/<split>.<what>.<key>.npy."""
+    folder = os.path.join(default_cache_dir(data_config.cache_dir), self.name, self.version)
+    path = os.path.join(folder, f"{split}.{what}.{self.cache_key(split)}.npy")
+    if os.path.exists(path):
+      return np.load(path)
+    array = np.asarray(compute())
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # unique even across hosts sharing the cache dir
+    with open(tmp, "wb") as f:
+      np.save(f, array)
+    os.replace(tmp, path)
+    return array
+
+  def labels(self, split: str, data_config, field: str = "label") -> np.ndarray:
+    """int64 label of every record of `split` (cached)."""
+    return self.cached(
+        data_config, field, split,
+        lambda: np.asarray(self.scan(split, [field], data_config.num_workers)[field], np.int64))
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """Encoded image -> uint8 [H, W, 3] RGB (grey, CMYK and palette images are converted)."""
+  with Image.open(io.BytesIO(data)) as img:
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+class TfdsSplit:
+  """A split (or a subset of its records) as a source of {image, label, text, id} examples.
+
+  `rows` picks and orders records (default: all); `labels` overrides the stored labels (e.g.
+  when a list carries them); `text_field` names a Text feature holding the example's text
+  (default: "", the class prompt is used downstream). The id is the position in this split.
+  """
+
+  def __init__(self, dataset: PreparedDataset, split: str, *, labels: np.ndarray,
+               rows: np.ndarray | None = None, text_field: str | None = None,
+               image_field: str = "image"):
+    self.dataset, self.split = dataset, split
+    self._rows = None if rows is None else np.asarray(rows, np.int64)
+    n = dataset.num_examples(split) if self._rows is None else len(self._rows)
+    self._labels = np.asarray(labels, np.int64)
+    if len(self._labels) != n:
+      raise ValueError(f"{dataset.name}:{split}: {len(self._labels)} labels for {n} examples")
+    self._text_field, self._image_field = text_field, image_field
+
+  def __len__(self) -> int:
+    return len(self._labels)
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self._labels
+
+  def __getitem__(self, index: int) -> dict:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {self.dataset.name}:{self.split} "
+                       f"of {len(self)} examples")
+    record_index = index if self._rows is None else int(self._rows[index])
+    record = self.dataset.source(self.split)[record_index]
+    text = ""
+    if self._text_field:
+      text = record[self._text_field]
+      text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+    return {"image": decode_image(record[self._image_field]), "label": int(self._labels[index]),
+            "text": text, "id": index}

@@ -1,0 +1,1 @@
+"""RetFormer evaluation: predictions over a split, accuracy by shot bucket, plots."""

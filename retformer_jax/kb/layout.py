@@ -1,0 +1,175 @@
+"""Where the KB stages keep their outputs, how sources are named, and input fingerprints.
+
+Workdir layout (shared with training / eval / RetLLM):
+  WORKDIR/demo_clip/                    embedded demo CLIP (config.clip.path == "")
+  WORKDIR/store/<source_name>/          one embedding store per source ("demo:train", "web-cc")
+  WORKDIR/index/<kb_name>/              ANN index over the KB's sources
+  WORKDIR/neighbors/<kb_name>/<split>/  top-k per query split
+
+A source spec (an entry of config.kb.sources) is one of
+  "downstream"                 the training split of config.data ("<data.name>:<train_split>")
+  "<dataset>:<split>"          a split of a labelled data set (data/registry.py)
+  "tfds:<name>:<split>"        any prepared TFDS image-classification set (image + label;
+                               text = class prompt), read without TensorFlow
+  "[name=]wds:<dir>"           webdataset / img2dataset tar shards (KEY.jpg + KEY.txt [+ KEY.json])
+  "[name=]clipret:<dir>"       precomputed clip-retrieval embeddings (img_emb/ text_emb/ metadata/)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+
+KINDS = ("labelled", "tfds", "wds", "clipret")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")
+
+
+class SourceSpecError(ValueError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+  """A parsed entry of config.kb.sources (or a query split)."""
+
+  name: str  # store directory name, unique within a workdir
+  kind: str  # one of KINDS
+  dataset: str = ""  # labelled: data set name
+  split: str = ""  # labelled: split name
+  path: str = ""  # wds / clipret: directory
+
+
+def parse_source(spec: str, data_config) -> SourceSpec:
+  """Parses one config.kb.sources entry; errors say what a valid entry looks like."""
+  spec = str(spec).strip()
+  if spec == "downstream":
+    return labelled(data_config.name, data_config.train_split)
+  name = ""
+  head, _, rest = spec.partition("=")
+  if rest and ":" not in head:
+    name, spec = head, rest
+  kind, _, arg = spec.partition(":")
+  if kind == "tfds":
+    dataset, _, split = arg.partition(":")
+    if not dataset or not split or name:
+      raise SourceSpecError(f"KB source {spec!r}: write TFDS sources as 'tfds:<name>:<split>', "
+                            "e.g. 'tfds:food101:train'.")
+    _check_name(spec, spec)
+    return SourceSpec(name=spec, kind="tfds", dataset=dataset, split=split)
+  if kind in ("wds", "clipret"):
+    if not arg:
+      raise SourceSpecError(f"KB source {spec!r}: give a directory, e.g. '{kind}:/data/laion'.")
+    path = os.path.abspath(os.path.expanduser(arg))
+    name = name or f"{'web' if kind == 'wds' else 'emb'}-{os.path.basename(path.rstrip('/'))}"
+    _check_name(name, spec)
+    return SourceSpec(name=name, kind=kind, path=path)
+  if kind and arg and "/" not in arg:
+    src = labelled(kind, arg)
+    if name and name != src.name:
+      raise SourceSpecError(f"KB source {spec!r}: labelled splits are always named "
+                            f"'<dataset>:<split>'; drop the '{name}=' prefix.")
+    return src
+  raise SourceSpecError(
+      f"KB source {spec!r} is not understood. Use 'downstream', '<dataset>:<split>' "
+      "(e.g. 'demo:val'), 'tfds:<name>:<split>', '[name=]wds:<dir>' or '[name=]clipret:<dir>' "
+      "in config.kb.sources.")
+
+
+def labelled(dataset: str, split: str) -> SourceSpec:
+  name = f"{dataset}:{split}"
+  _check_name(name, name)
+  return SourceSpec(name=name, kind="labelled", dataset=dataset, split=split)
+
+
+def _check_name(name: str, spec: str) -> None:
+  if not _NAME_RE.match(name) or name.startswith("."):
+    raise SourceSpecError(f"KB source {spec!r}: store name {name!r} may only use letters, digits "
+                          "and _ . : + -; set one with 'name=kind:dir'.")
+
+
+def kb_sources(config) -> list[SourceSpec]:
+  specs = [parse_source(s, config.data) for s in config.kb.sources]
+  if not specs:
+    raise SourceSpecError("config.kb.sources is empty; a KB needs at least one source, "
+                          "e.g. --config.kb.sources=\"('downstream',)\".")
+  names = [s.name for s in specs]
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise SourceSpecError(f"config.kb.sources names {dup} more than once; give each a "
+                          "distinct 'name=' prefix.")
+  return specs
+
+
+def query_splits(config) -> list[str]:
+  """Splits that get a query store and neighbours: the training split, the validation split
+  used during training (config.train.eval_split), then config.data.eval_splits."""
+  out = []
+  for s in (config.data.train_split, config.train.eval_split, *config.data.eval_splits):
+    if s and s not in out:
+      out.append(s)
+  return out
+
+
+def query_source(config, split: str) -> SourceSpec:
+  return labelled(config.data.name, split)
+
+
+def store_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, "store", name)
+
+
+def index_dir(workdir: str, kb_name: str) -> str:
+  return os.path.join(workdir, "index", kb_name)
+
+
+def neighbors_dir(workdir: str, kb_name: str, split: str) -> str:
+  return os.path.join(workdir, "neighbors", kb_name, split)
+
+
+def fingerprint(obj) -> str:
+  """Stable hash of a JSON-able description of a stage's inputs."""
+  blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def write_json(path: str, obj) -> None:
+  """Atomic JSON write: readers see the old file or the new one, never a half."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def save_npy(path: str, array) -> None:
+  """Atomic .npy write (tmp file in the same directory, then rename)."""
+  import numpy as np
+
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npy")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, np.ascontiguousarray(array))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise

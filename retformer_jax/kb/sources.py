@@ -1,0 +1,319 @@
+"""Readers for the three kinds of KB source, all random access so any host can read any range.
+
+- LabelledSource: a split of a labelled data set (demo, TFDS-backed sets via data/registry.py,
+  or any prepared TFDS image-classification set); text = the example's caption, or the class
+  prompt when it has none.
+- WebDatasetSource: img2dataset / webdataset tar shards (KEY.jpg|png|webp + KEY.txt [+ KEY.json]),
+  indexed once by scanning tar headers, then read by seeking to a member's bytes.
+- PrecomputedSource: clip-retrieval embeddings (img_emb/img_emb_N.npy, text_emb/text_emb_N.npy,
+  metadata/metadata_N.parquet), memory-mapped; nothing is re-embedded.
+
+Image sources return examples {image uint8 [H,W,3], label, text, id}; an unreadable image raises
+`CorruptExampleError`, which the embed job counts and lists instead of stopping.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+
+import numpy as np
+
+from retformer_jax.kb import layout
+
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+class CorruptExampleError(ValueError):
+  pass
+
+
+class SourceLayoutError(ValueError):
+  pass
+
+
+def check_image(image, where: str) -> np.ndarray:
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
+    raise CorruptExampleError(f"{where}: expected a uint8 [H, W, 3] image, got "
+                              f"{image.dtype} {list(image.shape)}")
+  return image
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+  from PIL import Image
+
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      return np.asarray(im.convert("RGB"))
+  except Exception as e:  # PIL raises many types for bad bytes; all mean "corrupt"
+    raise CorruptExampleError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+# --------------------------------------------------------------------------- labelled data sets
+
+
+def _load_labelled(dataset: str, data_config):
+  import ml_collections
+
+  cfg = ml_collections.ConfigDict(data_config.to_dict())
+  cfg.name = dataset
+  try:
+    from retformer_jax.data import registry
+  except ImportError:
+    registry = None
+  if registry is not None:
+    return registry.load(cfg)
+  if dataset == "demo":
+    from retformer_jax.data import demo
+
+    return demo.load(cfg.demo)
+  raise SourceLayoutError(f"Data set {dataset!r} needs retformer_jax/data/registry.py.")
+
+
+def _tfds_split(spec: layout.SourceSpec, data_config):
+  """(random-access split, class names, version) of a prepared TFDS classification set."""
+  from retformer_jax.data import tfds_source
+
+  ds = tfds_source.open_prepared(
+      spec.dataset, data_config.tfds_data_dir,
+      prepare=f"tfds build {spec.dataset} --file_format=array_record")
+  if spec.split not in ds.splits():
+    raise layout.SourceSpecError(f"Source {spec.name!r}: TFDS set {spec.dataset!r} has no split "
+                                 f"{spec.split!r}; it has {ds.splits()}.")
+  features = ds.builder.info.features
+  if "image" not in features or "label" not in features:
+    raise SourceLayoutError(f"Source {spec.name!r}: a TFDS classification set needs 'image' and "
+                            f"'label' features; {spec.dataset!r} has {list(features)}.")
+  labels = ds.labels(spec.split, data_config)
+  return tfds_source.TfdsSplit(ds, spec.split, labels=labels), ds.class_names(), ds.version
+
+
+class LabelledSource:
+
+  def __init__(self, spec: layout.SourceSpec, data_config, prompt: str):
+    self.spec = spec
+    self.kind = spec.kind
+    self._prompt = prompt
+    if spec.kind == "tfds":
+      self._split, self._names, version = _tfds_split(spec, data_config)
+      self._fingerprint = {"kind": "tfds", "dataset": spec.dataset, "version": version,
+                           "split": spec.split, "data_dir": data_config.tfds_data_dir,
+                           "prompt": prompt, "count": len(self._split)}
+      return
+    splits = _load_labelled(spec.dataset, data_config)
+    if spec.split not in splits.splits:
+      raise layout.SourceSpecError(f"Source {spec.name!r}: data set {spec.dataset!r} has no "
+                                   f"split {spec.split!r}; it has {sorted(splits.splits)}.")
+    self._split = splits.splits[spec.split]
+    self._names = list(splits.class_names)
+    data = data_config.to_dict()
+    keep = {k: v for k, v in data.items()
+            if k not in ("num_workers", "eval_splits", "train_split", "demo", "cache_dir")}
+    keep["name"] = spec.dataset
+    if spec.dataset == "demo":
+      keep["demo"] = data["demo"]
+    self._fingerprint = {"kind": "labelled", "data": keep, "split": spec.split,
+                         "prompt": prompt, "count": len(self._split)}
+
+  def __len__(self) -> int:
+    return len(self._split)
+
+  def fingerprint(self) -> dict:
+    return self._fingerprint
+
+  def __getitem__(self, index: int) -> dict:
+    ex = self._split[index]
+    where = f"{self.spec.name}[{index}]"
+    label = int(ex.get("label", -1))
+    text = str(ex.get("text", "") or "")
+    if not text and 0 <= label < len(self._names):
+      text = self._prompt.format(name=self._names[label])
+    image = ex["image"]
+    if isinstance(image, (bytes, bytearray)):
+      image = decode_image(bytes(image), where)
+    return {"image": check_image(image, where), "label": label, "text": text,
+            "id": int(ex.get("id", index))}
+
+
+# --------------------------------------------------------------------------- webdataset tars
+
+
+class WebDatasetSource:
+  """All `*.tar` files of a directory, in sorted order; one example per key with an image."""
+
+  kind = "wds"
+
+  def __init__(self, spec: layout.SourceSpec):
+    self.spec = spec
+    if not os.path.isdir(spec.path):
+      raise SourceLayoutError(f"Source {spec.name!r}: {spec.path} is not a directory of .tar "
+                              "shards (webdataset / img2dataset output).")
+    tars = sorted(f for f in os.listdir(spec.path) if f.endswith(".tar"))
+    if not tars:
+      raise SourceLayoutError(f"Source {spec.name!r}: no .tar files in {spec.path}.")
+    self._tars = [os.path.join(spec.path, t) for t in tars]
+    self._items: list[tuple[int, str, tuple, tuple | None, tuple | None]] = []
+    for ti, path in enumerate(self._tars):
+      self._items.extend(self._scan(ti, path))
+    keys = [k for _, k, _, _, _ in self._items]
+    numeric = all(k.isdigit() for k in keys) and len(set(keys)) == len(keys)
+    self._ids = (np.asarray([int(k) for k in keys], np.int64) if numeric
+                 else np.arange(len(keys), dtype=np.int64))
+    self._fingerprint = {"kind": "wds", "path": spec.path, "count": len(self._items),
+                         "tars": [(t, os.path.getsize(p)) for t, p in zip(tars, self._tars)]}
+
+  @staticmethod
+  def _scan(ti: int, path: str):
+    members: dict[str, dict[str, tuple[int, int]]] = {}
+    order: list[str] = []
+    try:
+      with tarfile.open(path, "r:") as tf:
+        for m in tf:
+          if not m.isfile():
+            continue
+          base = os.path.basename(m.name)
+          key, _, ext = base.partition(".")
+          key = os.path.join(os.path.dirname(m.name), key)
+          if key not in members:
+            members[key] = {}
+            order.append(key)
+          members[key][ext.lower()] = (m.offset_data, m.size)
+    except tarfile.TarError as e:
+      raise SourceLayoutError(f"{path}: not a readable tar file ({e}); remove or repair it.") from e
+    out = []
+    for key in order:
+      exts = members[key]
+      image = next((exts[e] for e in _IMAGE_EXTS if e in exts), None)
+      if image is None:
+        continue
+      out.append((ti, os.path.basename(key), image, exts.get("txt"), exts.get("json")))
+    return out
+
+  def __len__(self) -> int:
+    return len(self._items)
+
+  def fingerprint(self) -> dict:
+    return self._fingerprint
+
+  def _read(self, ti: int, span) -> bytes:
+    with open(self._tars[ti], "rb") as f:
+      f.seek(span[0])
+      return f.read(span[1])
+
+  def __getitem__(self, index: int) -> dict:
+    ti, key, image_span, txt_span, json_span = self._items[index]
+    where = f"{os.path.basename(self._tars[ti])}:{key}"
+    text = ""
+    if txt_span is not None:
+      text = self._read(ti, txt_span).decode("utf-8", errors="replace").strip()
+    elif json_span is not None:
+      import json
+
+      try:
+        text = str(json.loads(self._read(ti, json_span)).get("caption", "") or "")
+      except ValueError:
+        text = ""
+    image = decode_image(self._read(ti, image_span), where)
+    return {"image": check_image(image, where), "label": -1, "text": text,
+            "id": int(self._ids[index])}
+
+
+# --------------------------------------------------------------------------- clip-retrieval
+
+
+def _numbered(folder: str, prefix: str, ext: str) -> list[str]:
+  if not os.path.isdir(folder):
+    return []
+  pat = re.compile(rf"^{prefix}_(\d+)\.{ext}$")
+  found = sorted((int(m.group(1)), f) for f in os.listdir(folder) if (m := pat.match(f)))
+  return [os.path.join(folder, f) for _, f in found]
+
+
+class PrecomputedSource:
+  """clip-retrieval output: rows are the concatenation of img_emb_0, img_emb_1, ... in order."""
+
+  kind = "clipret"
+
+  def __init__(self, spec: layout.SourceSpec):
+    self.spec = spec
+    img = _numbered(os.path.join(spec.path, "img_emb"), "img_emb", "npy")
+    txt = _numbered(os.path.join(spec.path, "text_emb"), "text_emb", "npy")
+    meta = _numbered(os.path.join(spec.path, "metadata"), "metadata", "parquet")
+    if not img:
+      raise SourceLayoutError(f"Source {spec.name!r}: no img_emb/img_emb_N.npy under {spec.path} "
+                              "(expected the clip-retrieval layout: img_emb/, text_emb/, "
+                              "metadata/).")
+    names = lambda ps: [os.path.basename(p).split("_")[-1] for p in ps]  # noqa: E731
+    for what, other in (("text_emb", txt), ("metadata", meta)):
+      if other and names(other) != [n.replace(".npy", os.path.splitext(other[0])[1])
+                                    for n in names(img)]:
+        raise SourceLayoutError(f"Source {spec.name!r}: {what}/ files do not pair one-to-one "
+                                f"with img_emb/ files under {spec.path}.")
+    self._img = [np.load(p, mmap_mode="r") for p in img]
+    self._txt = [np.load(p, mmap_mode="r") for p in txt] if txt else None
+    self._meta_paths = meta
+    self._meta_cache: dict[int, list[str]] = {}
+    counts = [a.shape[0] for a in self._img]
+    dims = {a.shape[1] for a in self._img}
+    if len(dims) != 1 or (self._txt and any(t.shape != i.shape for t, i in zip(self._txt,
+                                                                               self._img))):
+      raise SourceLayoutError(f"Source {spec.name!r}: embedding files disagree on shape "
+                              "(all img_emb and text_emb files need the same dim and row counts).")
+    self.dim = dims.pop()
+    self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    self._fingerprint = {"kind": "clipret", "path": spec.path, "count": int(self._starts[-1]),
+                         "files": [(os.path.basename(p), os.path.getsize(p))
+                                   for p in img + txt + meta]}
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def fingerprint(self) -> dict:
+    return self._fingerprint
+
+  def _captions(self, fi: int) -> list[str]:
+    if fi not in self._meta_cache:
+      import pyarrow.parquet as pq
+
+      n = self._img[fi].shape[0]
+      if not self._meta_paths:
+        caps = [""] * n
+      else:
+        table = pq.read_table(self._meta_paths[fi])
+        col = "caption" if "caption" in table.column_names else None
+        caps = ([str(c or "") for c in table.column(col).to_pylist()] if col else [""] * n)
+        if len(caps) != n:
+          raise SourceLayoutError(f"{self._meta_paths[fi]}: {len(caps)} rows but the matching "
+                                  f"img_emb file has {n}.")
+      self._meta_cache = {fi: caps}
+    return self._meta_cache[fi]
+
+  def read_rows(self, start: int, stop: int) -> dict:
+    """Rows [start, stop) as float32 vectors (not yet normalised) with ids and captions."""
+    img, txt, caps = [], [], []
+    fi = int(np.searchsorted(self._starts, start, side="right") - 1)
+    pos = start
+    while pos < stop:
+      a, b = pos - self._starts[fi], min(stop, self._starts[fi + 1]) - self._starts[fi]
+      img.append(np.asarray(self._img[fi][a:b], np.float32))
+      txt.append(np.asarray(self._txt[fi][a:b], np.float32) if self._txt is not None
+                 else np.zeros((b - a, self.dim), np.float32))
+      caps.extend(self._captions(fi)[a:b])
+      pos = int(self._starts[fi] + b)
+      fi += 1
+    return {"image": np.concatenate(img), "text": np.concatenate(txt),
+            "ids": np.arange(start, stop, dtype=np.int64),
+            "labels": np.full(stop - start, -1, np.int64), "captions": caps}
+
+
+def open_source(spec: layout.SourceSpec, config):
+  if spec.kind in ("labelled", "tfds"):
+    return LabelledSource(spec, config.data, config.clip.prompt)
+  if spec.kind == "wds":
+    return WebDatasetSource(spec)
+  if spec.kind == "clipret":
+    return PrecomputedSource(spec)
+  raise layout.SourceSpecError(f"Unknown source kind {spec.kind!r}; use one of {layout.KINDS}.")

@@ -1,0 +1,1 @@
+"""Flax models: CLIP (frozen encoder), RetFormer, Qwen2.5-VL."""

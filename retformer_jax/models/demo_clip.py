@@ -1,0 +1,151 @@
+"""A tiny random CLIP written as a complete HuggingFace folder, without torch.
+
+The demo config (`clip.path == ""`) builds it once in the workdir and then loads it through the
+same path as real checkpoints: `hf.load_clip`, `AutoTokenizer`, `preprocessor_config.json`.
+The tokenizer is a word-level vocabulary of the given corpus (class prompts and captions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Sequence
+
+import numpy as np
+from flax import traverse_util
+
+from retformer_jax.convert.clip_import import save_clip, write_json_atomic
+from retformer_jax.models.clip import CLIP, abstract_params
+from retformer_jax.models.clip_config import ClipConfig, TextConfig, VisionConfig
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"
+SPECIALS = (PAD, UNK, BOS, EOS)  # ids 0..3; EOS is not 2, so pooling uses the real EOS id
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+         "preprocessor_config.json", "demo_clip.json")
+# OpenAI CLIP normalisation constants, as transformers' OPENAI_CLIP_MEAN / _STD.
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def demo_config(vocab_size: int, image_size: int, *, width: int = 64, layers: int = 2,
+                patch_size: int = 4, max_text_length: int = 77) -> ClipConfig:
+  heads = max(1, width // 32)
+  tower = dict(hidden_size=width, intermediate_size=4 * width, num_layers=layers,
+               num_heads=heads, hidden_act="quick_gelu")
+  return ClipConfig(
+      vision=VisionConfig(**tower, image_size=image_size, patch_size=patch_size),
+      text=TextConfig(**tower, vocab_size=vocab_size, max_position_embeddings=max_text_length,
+                      eos_token_id=SPECIALS.index(EOS), bos_token_id=SPECIALS.index(BOS),
+                      pad_token_id=SPECIALS.index(PAD)),
+      projection_dim=width, scan_layers=True)
+
+
+def _tokenizer(corpus: Sequence[str]):
+  """Word-level tokenizer whose vocabulary is every word of `corpus`, in sorted order."""
+  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+  norm = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+  pre = pre_tokenizers.Whitespace()
+  words = sorted({w for text in corpus for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))})
+  vocab = {t: i for i, t in enumerate(list(SPECIALS) + [w for w in words if w not in SPECIALS])}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+  tok.normalizer = norm
+  tok.pre_tokenizer = pre
+  tok.post_processor = processors.TemplateProcessing(
+      single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])])
+  return tok
+
+
+def random_params(model: CLIP, seed: int) -> dict:
+  """Random CLIP weights drawn with NumPy in a fixed order (no compilation, so building the demo
+  folder takes milliseconds): LayerNorms at identity, zero biases, kernels ~ N(0, 1/fan_in)."""
+  rng = np.random.default_rng(seed)
+  scanned = model.config.scan_layers
+  out = {}
+  for path, leaf in sorted(traverse_util.flatten_dict(abstract_params(model), sep="/").items()):
+    name = path.rsplit("/", 1)[-1]
+    shape = leaf.shape[1:] if scanned and "/layers/" in path else leaf.shape
+    if name == "logit_scale":
+      x = np.full(leaf.shape, model.config.logit_scale_init_value)
+    elif name == "scale":
+      x = np.ones(leaf.shape)
+    elif name.endswith("bias"):
+      x = np.zeros(leaf.shape)
+    elif name in ("token_embedding", "position_embedding"):
+      x = 0.02 * rng.standard_normal(leaf.shape)
+    else:
+      n_in = {"o_kernel": 2, "patch_kernel": 3, "class_embedding": 1}.get(name, 1)
+      x = rng.standard_normal(leaf.shape) / np.sqrt(np.prod(shape[:n_in]))
+    out[path] = x.astype(leaf.dtype)
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+def _spec(corpus, image_size, seed, kw) -> dict:
+  digest = hashlib.sha256("\n".join(corpus).encode()).hexdigest()
+  return {"corpus_sha256": digest, "image_size": image_size, "seed": seed, **kw}
+
+
+def _is_complete(folder: str, spec: dict) -> bool:
+  if not all(os.path.exists(os.path.join(folder, f)) for f in FILES):
+    return False
+  with open(os.path.join(folder, "demo_clip.json")) as f:
+    return json.load(f) == spec
+
+
+def _write(folder: str, corpus, image_size: int, seed: int, kw: dict, spec: dict) -> None:
+  tok = _tokenizer(corpus)
+  config = demo_config(tok.get_vocab_size(), image_size, **kw)
+  model = CLIP(config)
+  save_clip(model, random_params(model, seed), folder)
+  tok.save(os.path.join(folder, "tokenizer.json"))
+  write_json_atomic({
+      "tokenizer_class": "PreTrainedTokenizerFast",
+      "bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK,
+      "model_max_length": config.text.max_position_embeddings,
+  }, os.path.join(folder, "tokenizer_config.json"))
+  write_json_atomic({
+      "image_processor_type": "CLIPImageProcessor",
+      "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,
+      "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
+      "do_rescale": True, "rescale_factor": 1 / 255,
+      "do_normalize": True, "image_mean": list(MEAN), "image_std": list(STD),
+      "do_convert_rgb": True,
+  }, os.path.join(folder, "preprocessor_config.json"))
+  write_json_atomic(spec, os.path.join(folder, "demo_clip.json"))
+
+
+def build_demo_clip(folder: str, corpus: Sequence[str], *, image_size: int = 32, seed: int = 0,
+                    width: int = 64, layers: int = 2, patch_size: int = 4) -> str:
+  """Writes (or reuses) a tiny random CLIP HF folder at `folder`; returns `folder`.
+
+  Deterministic in (corpus, image_size, seed, sizes). Built in a temporary directory and moved
+  into place, so a crash never leaves a half-written folder; an existing complete folder with
+  the same inputs is reused, one built from other inputs is replaced.
+  """
+  if not corpus:
+    raise ValueError("build_demo_clip needs a non-empty text corpus for its tokenizer.")
+  kw = dict(width=width, layers=layers, patch_size=patch_size)
+  spec = _spec(list(corpus), image_size, seed, kw)
+  folder = os.path.abspath(folder)
+  if _is_complete(folder, spec):
+    return folder
+  parent = os.path.dirname(folder)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp_demo_clip_")
+  try:
+    _write(tmp, list(corpus), image_size, seed, kw, spec)
+    if os.path.exists(folder):  # stale or incomplete: set it aside, then drop it
+      old = tempfile.mkdtemp(dir=parent, prefix=".old_demo_clip_")
+      os.replace(folder, os.path.join(old, "clip"))
+      shutil.rmtree(old, ignore_errors=True)
+    try:
+      os.replace(tmp, folder)
+    except OSError:
+      if not _is_complete(folder, spec):  # another process won the race with the same inputs
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return folder

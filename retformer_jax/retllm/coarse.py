@@ -1,0 +1,126 @@
+"""Coarse stage: CLIP embeds the gallery's images and captions; cosine top-L lists both ways.
+
+The embeddings are cached in the workdir (atomic .npy files keyed by the encoder and the data
+set), so a rerun of the fine stage never re-embeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from retformer_jax.retllm import caption_sets
+from retformer_jax.retllm import similarity
+
+
+class Encoder(Protocol):
+  """Embeds images and texts into one space (unnormalised vectors are fine)."""
+
+  identity: str  # changes whenever the weights or preprocessing change
+
+  def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+  def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class ClipEncoder:
+  """Frozen Flax CLIP from a HF folder, jitted per fixed batch size (the last batch padded)."""
+
+  def __init__(self, folder: str, *, dtype: str = "float32", batch_size: int = 64,
+               max_text_length: int = 77):
+    import jax
+
+    from retformer_jax.convert import hf
+    from retformer_jax.data import clip_preprocess
+
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"CLIP folder {folder!r} not found; set --config.clip.path to a "
+                              "HuggingFace CLIP folder (or '' for the embedded demo CLIP).")
+    self.model, self.params = hf.load_clip(folder, dtype=dtype)
+    self.pre = clip_preprocess.ClipPreprocessor.from_folder(folder, max_length=max_text_length)
+    self.batch_size = batch_size
+    self.identity = f"clip:{os.path.abspath(folder)}:{folder_stamp(folder)}:{dtype}"
+    model = self.model
+    self._image_fn = jax.jit(
+        lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
+    self._text_fn = jax.jit(
+        lambda p, ids, mask: model.apply({"params": p}, ids, mask, method=model.encode_text))
+
+  def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = list(images[start:start + self.batch_size])
+      pixels = np.asarray(self.pre.images(chunk), np.float32)
+      n = len(chunk)
+      pixels = np.pad(pixels, ((0, self.batch_size - n),) + ((0, 0),) * (pixels.ndim - 1))
+      out.append(np.asarray(self._image_fn(self.params, pixels), np.float32)[:n])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+  def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+    out = []
+    for start in range(0, len(texts), self.batch_size):
+      chunk = list(texts[start:start + self.batch_size])
+      ids, mask = self.pre.texts(chunk)
+      ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+      n = len(chunk)
+      ids = np.pad(ids, ((0, self.batch_size - n), (0, 0)))
+      mask = np.pad(mask, ((0, self.batch_size - n), (0, 0)), constant_values=1)
+      out.append(np.asarray(self._text_fn(self.params, ids, mask), np.float32)[:n])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def folder_stamp(folder: str) -> str:
+  """Cheap identity of a weights folder: names, sizes and mtimes of its files."""
+  h = hashlib.sha256()
+  for name in sorted(os.listdir(folder)):
+    st = os.stat(os.path.join(folder, name))
+    h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+  return h.hexdigest()[:16]
+
+
+def _save_npy_atomic(path: str, array: np.ndarray) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    np.save(f, array)
+  os.replace(tmp, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """CLIP lists, best first: t2i [num_captions, L] image ids, i2t [num_images, L] caption ids."""
+
+  t2i: np.ndarray
+  i2t: np.ndarray
+
+
+def embed(encoder: Encoder, data: caption_sets.CaptionSet, cache_dir: str,
+          *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """(image [N, d], text [M, d]) float32 embeddings, computed once and cached in cache_dir."""
+  key = hashlib.sha256(json.dumps(
+      [encoder.identity, data.name, data.num_images, list(data.captions)]).encode()).hexdigest()
+  folder = os.path.join(cache_dir, key[:16])
+  img_path, txt_path = os.path.join(folder, "image.npy"), os.path.join(folder, "text.npy")
+  if os.path.isfile(img_path) and os.path.isfile(txt_path):
+    return np.load(img_path), np.load(txt_path)
+  os.makedirs(folder, exist_ok=True)
+  img = []
+  for start in range(0, data.num_images, batch_size):
+    idx = range(start, min(start + batch_size, data.num_images))
+    img.append(encoder.embed_images([data.image(i) for i in idx]))
+  img = np.concatenate(img).astype(np.float32)
+  txt = encoder.embed_texts(list(data.captions)).astype(np.float32)
+  _save_npy_atomic(img_path, img)
+  _save_npy_atomic(txt_path, txt)
+  return img, txt
+
+
+def candidates(image_emb: np.ndarray, text_emb: np.ndarray, length: int) -> Candidates:
+  """Cosine top-`length` lists in both directions."""
+  _, t2i = similarity.top_k(text_emb, image_emb, length)
+  _, i2t = similarity.top_k(image_emb, text_emb, length)
+  return Candidates(t2i=t2i, i2t=i2t)

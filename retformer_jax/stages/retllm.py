@@ -1,0 +1,99 @@
+"""Stage `retllm`: CLIP candidates re-ranked by Qwen2.5-VL; Recall@1/5/10 both ways.
+
+Writes WORKDIR/retllm/metrics.json (keys t2i_r1 ... i2t_r10 and their clip_ twins). Scores
+are kept per chunk of queries under WORKDIR/retllm/scores/, so a rerun resumes and a finished
+run is not recomputed. With config.clip.path == "" / config.retllm.model_path == "" the
+embedded tiny random models are built in WORKDIR/demo_clip / WORKDIR/demo_qwen.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+import ml_collections
+
+from retformer_jax.retllm import caption_sets
+from retformer_jax.retllm import coarse
+from retformer_jax.retllm import pipeline
+
+
+def clip_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The CLIP weights folder: config.clip.path, or the demo CLIP built in the workdir."""
+  if config.clip.path:
+    return config.clip.path
+  from retformer_jax.data import demo as demo_data
+  from retformer_jax.models import demo_clip
+
+  folder = os.path.join(workdir, "demo_clip")
+  spec = demo_data.DemoSpec.from_config(config.data.demo)
+  demo_clip.build_demo_clip(folder, demo_data.corpus(spec), image_size=spec.image_size,
+                            seed=config.seed)
+  return folder
+
+
+def qwen_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The MLLM folder: config.retllm.model_path, or the tiny random model built in the workdir."""
+  rc = config.retllm
+  if rc.model_path:
+    if not os.path.isdir(rc.model_path):
+      raise FileNotFoundError(
+          f"config.retllm.model_path {rc.model_path!r} is not a folder; give a HuggingFace "
+          "Qwen2.5-VL / Qwen2-VL folder (config.json + *.safetensors + tokenizer files), "
+          "or '' for the embedded tiny demo model.")
+    return rc.model_path
+  from retformer_jax.data import demo as demo_data
+  from retformer_jax.retllm import demo_qwen
+
+  folder = os.path.join(workdir, "demo_qwen")
+  spec = demo_data.DemoSpec.from_config(config.data.demo)
+  demo_qwen.build_demo_qwen(folder, demo_data.corpus(spec), min_pixels=rc.min_pixels,
+                            max_pixels=rc.max_pixels, seed=config.seed)
+  return folder
+
+
+def injection_config(rc: ml_collections.ConfigDict):
+  """The scorer's re-injection settings from config.retllm (None when switched off)."""
+  if not rc.injection:
+    return None
+  from retformer_jax.models import qwen_injection
+
+  return qwen_injection.InjectionConfig(
+      enabled=True, alpha=rc.injection_alpha, tau=rc.injection_tau,
+      layer_lo=rc.injection_layer_lo, layer_hi=rc.injection_layer_hi,
+      memory=rc.injection_memory)
+
+
+def scorer_kwargs(rc: ml_collections.ConfigDict) -> dict:
+  return dict(floor_decimals=None if rc.floor_decimals < 0 else rc.floor_decimals,
+              injection=injection_config(rc), batch_size=rc.batch_size, dtype=rc.dtype,
+              min_pixels=rc.min_pixels, max_pixels=rc.max_pixels)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  import jax
+
+  rc = config.retllm
+  data = caption_sets.load(rc, config.data.demo)
+  logging.info("retllm: %s, %d images, %d captions, K=%d", data.name, data.num_images,
+               data.num_captions, rc.top_k)
+  encoder = coarse.ClipEncoder(clip_folder(config, workdir), dtype=config.clip.dtype,
+                               batch_size=config.clip.batch_size,
+                               max_text_length=config.clip.max_text_length)
+  model_path = qwen_folder(config, workdir)
+  kwargs = scorer_kwargs(rc)
+
+  def make_scorer():
+    from retformer_jax.retllm import scorer
+
+    return scorer.PairScorer.from_folder(model_path, **kwargs)
+
+  settings = pipeline.Settings(
+      top_k=rc.top_k, chunk_size=rc.chunk_size, num_queries=rc.num_queries,
+      scorer_identity=pipeline.scorer_identity(
+          [os.path.abspath(model_path), coarse.folder_stamp(model_path), sorted(
+              (k, repr(v)) for k, v in kwargs.items() if k != "batch_size")]))
+  metrics = pipeline.run(data, encoder, make_scorer, os.path.join(workdir, "retllm"), settings,
+                         embed_batch_size=config.clip.batch_size,
+                         write=jax.process_index() == 0)
+  logging.info("retllm Recall@k (%%):\n%s", pipeline.format_table(metrics))

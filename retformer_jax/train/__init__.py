@@ -1,0 +1,1 @@
+"""RetFormer training: state, optimizer, losses, input pipeline, step, checkpoints, loop."""

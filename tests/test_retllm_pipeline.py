@@ -1,0 +1,180 @@
+"""The RetLLM pipeline with an injected encoder and scorer: metrics, resume, skip."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from retformer_jax.retllm import caption_sets
+from retformer_jax.retllm import pipeline
+from retformer_jax.retllm import ranking
+
+
+class Result:
+
+  def __init__(self, p_true, entropy):
+    self.p_true, self.entropy = np.asarray(p_true), np.asarray(entropy)
+
+
+def _gallery(num_images=12, per_image=2):
+  """Image i is a constant array of value i; caption j of image i is 'img i cap j'."""
+  caps = [f"img {i} cap {j}" for i in range(num_images) for j in range(per_image)]
+  return caption_sets.CaptionSet(
+      name="toy", num_images=num_images, load_image=lambda i: np.full((2, 2, 3), i, np.uint8),
+      captions=caps, caption_image=np.repeat(np.arange(num_images), per_image))
+
+
+class NoisyEncoder:
+  """Embeds image i / captions of image i near one random direction, with noise."""
+
+  identity = "noisy-v1"
+
+  def __init__(self, num_images, dim=6, noise=0.9):
+    rng = np.random.default_rng(0)
+    self.centres = rng.normal(size=(num_images, dim))
+    self.noise = noise
+
+  def embed_images(self, images):
+    ids = [int(im[0, 0, 0]) for im in images]
+    rng = np.random.default_rng(ids)
+    return self.centres[ids] + self.noise * rng.normal(size=(len(ids), self.centres.shape[1]))
+
+  def embed_texts(self, texts):
+    ids = [int(t.split()[1]) for t in texts]
+    rng = np.random.default_rng([7] + ids)
+    return self.centres[ids] + self.noise * rng.normal(size=(len(ids), self.centres.shape[1]))
+
+
+class OracleScorer:
+  """P(True)=0.9 for a true pair, else 0.3; counts pairs; can fail after some queries."""
+
+  def __init__(self, fail_after=None):
+    self.pairs, self.queries, self.fail_after = 0, 0, fail_after
+
+  def _tick(self, n):
+    if self.fail_after is not None and self.queries >= self.fail_after:
+      raise KeyboardInterrupt("simulated preemption")
+    self.queries += 1
+    self.pairs += n
+
+  def score_text_to_image(self, caption, images):
+    self._tick(len(images))
+    gt = int(caption.split()[1])
+    p = [0.9 if int(im[0, 0, 0]) == gt else 0.3 for im in images]
+    return Result(p, np.linspace(1.0, 0.5, len(images)))
+
+  def score_image_to_text(self, image, captions):
+    self._tick(len(captions))
+    i = int(image[0, 0, 0])
+    p = [0.9 if int(c.split()[1]) == i else 0.3 for c in captions]
+    return Result(p, np.zeros(len(captions)))
+
+
+class PairsOracle(OracleScorer):
+  """The same oracle through `score_pairs` (what the pipeline prefers when it exists)."""
+
+  def __init__(self):
+    super().__init__()
+    self.calls = 0
+
+  def score_pairs(self, images, captions, pairs):
+    self.calls += 1
+    self.pairs += len(pairs)
+    p = [0.9 if int(images[i][0, 0, 0]) == int(captions[j].split()[1]) else 0.3 for i, j in pairs]
+    return Result(p, np.zeros(len(pairs)))
+
+
+def _expected_oracle_recall(data, encoder, k):
+  """With an oracle scorer, a query hits at 1 iff a ground truth is among CLIP's top k."""
+  from retformer_jax.retllm import coarse
+
+  img = encoder.embed_images([data.image(i) for i in range(data.num_images)])
+  txt = encoder.embed_texts(list(data.captions))
+  c = coarse.candidates(img, txt, 10)
+  t2i = (c.t2i[:, :k] == data.caption_image[:, None]).any(1).mean() * 100
+  i2t = (data.caption_image[c.i2t[:, :k]] == np.arange(data.num_images)[:, None]).any(1).mean()
+  return t2i, i2t * 100, c
+
+
+def test_pipeline_metrics_resume_and_skip(tmp_path):
+  data = _gallery()
+  enc = NoisyEncoder(data.num_images)
+  settings = pipeline.Settings(top_k=3, chunk_size=5, scorer_identity="oracle")
+  out = str(tmp_path / "retllm")
+
+  # A run killed part-way keeps its finished chunks.
+  crashing = OracleScorer(fail_after=7)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run(data, enc, lambda: crashing, out, settings)
+  assert not os.path.exists(os.path.join(out, "metrics.json"))
+
+  resumed = OracleScorer()
+  m = pipeline.run(data, enc, lambda: resumed, out, settings)
+  # 24 caption queries + 12 image queries; the first chunk (5 queries) was already done.
+  assert resumed.queries == 24 + 12 - 5
+
+  fresh = OracleScorer()
+  m_fresh = pipeline.run(data, enc, lambda: fresh, str(tmp_path / "fresh"), settings)
+  assert m == m_fresh
+
+  with open(os.path.join(out, "metrics.json")) as f:
+    on_disk = json.load(f)
+  assert {k: on_disk[k] for k in m} == m
+
+  t2i_r1, i2t_r1, cands = _expected_oracle_recall(data, enc, 3)
+  assert m["t2i_r1"] == pytest.approx(t2i_r1) and m["i2t_r1"] == pytest.approx(i2t_r1)
+  clip_t2i = ranking.text_to_image_recall(cands.t2i, np.arange(24), data.caption_image)
+  assert m["clip_t2i_r1"] == pytest.approx(clip_t2i[1])
+  assert m["clip_t2i_r1"] < m["t2i_r1"]  # the noisy encoder leaves room for re-ranking
+  # R@5/R@10 are unchanged by re-ranking the top 3 with an oracle.
+  assert m["t2i_r10"] == m["clip_t2i_r10"]
+
+  def must_not_build():
+    raise AssertionError("the scorer must not be built when every chunk is done")
+
+  assert pipeline.run(data, enc, must_not_build, out, settings) == m
+  # Other chunk boundaries are other files: no clash with the finished run, same metrics.
+  other = pipeline.Settings(top_k=3, chunk_size=7, scorer_identity="oracle")
+  assert pipeline.run(data, enc, OracleScorer, out, other) == m
+
+
+def test_pipeline_uses_score_pairs_per_chunk(tmp_path):
+  data = _gallery()
+  enc = NoisyEncoder(data.num_images)
+  settings = pipeline.Settings(top_k=3, chunk_size=5, scorer_identity="oracle")
+  m_single = pipeline.run(data, enc, OracleScorer, str(tmp_path / "a"), settings)
+  batched = PairsOracle()
+  m_pairs = pipeline.run(data, enc, lambda: batched, str(tmp_path / "b"), settings)
+  assert batched.queries == 0 and batched.calls == 5 + 3 and batched.pairs == (24 + 12) * 3
+  # The oracle's entropies differ between the two paths only among wrong candidates.
+  for key in ("t2i_r1", "i2t_r1", "clip_t2i_r1", "clip_i2t_r1", "t2i_r10", "i2t_r10"):
+    assert m_single[key] == m_pairs[key], key
+
+
+def test_pipeline_num_queries_limits_scoring(tmp_path):
+  data = _gallery()
+  scorer = OracleScorer()
+  settings = pipeline.Settings(top_k=2, chunk_size=4, num_queries=6, scorer_identity="oracle")
+  m = pipeline.run(data, NoisyEncoder(data.num_images), lambda: scorer, str(tmp_path), settings)
+  assert scorer.queries == 12 and scorer.pairs == 24
+  with open(tmp_path / "metrics.json") as f:
+    assert json.load(f)["t2i_queries"] == 6
+  assert 0 <= m["i2t_r1"] <= 100
+
+
+def test_pipeline_refuses_chunks_of_another_run(tmp_path):
+  data = _gallery()
+  enc = NoisyEncoder(data.num_images)
+  settings = pipeline.Settings(top_k=2, chunk_size=4, scorer_identity="oracle")
+  pipeline.run(data, enc, OracleScorer, str(tmp_path), settings)
+  score_dirs = os.listdir(tmp_path / "scores")
+  chunk = tmp_path / "scores" / score_dirs[0] / "t2i" / "chunk_0000000_0000004.npz"
+  with np.load(chunk) as z:
+    arrays = dict(z)
+  arrays["candidates"] = arrays["candidates"][:, ::-1]
+  np.savez(chunk, **arrays)
+  with pytest.raises(RuntimeError, match="other queries or candidates"):
+    pipeline.run(data, enc, OracleScorer, str(tmp_path), settings)

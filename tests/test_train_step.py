@@ -1,0 +1,134 @@
+"""Train step (loss goes down, no recompiles, donated state), input pipeline, NaN handling."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from configs import common
+from retformer_jax.parallel import mesh as mesh_lib
+from retformer_jax.train import checkpointing, input_pipeline, loop, synthetic
+from retformer_jax.train import state as state_lib
+from retformer_jax.train import step as step_lib
+
+
+def tiny_config():
+  c = common.get_config()
+  c.model.num_layers, c.model.num_heads = 1, 2
+  c.train.batch_size, c.train.epochs, c.train.log_every = 16, 2, 1
+  c.train.lr, c.train.warmup_epochs, c.train.mixup_alpha = 3e-3, 0.0, 0.2
+  c.checkpoint.every_steps, c.checkpoint.async_save = 1000, False
+  c.eval.batch_size = 16
+  return c
+
+
+def _setup(c, data):
+  mesh = mesh_lib.make_mesh(c.mesh)
+  rules = mesh_lib.axis_rules(c.mesh)
+  bsh = NamedSharding(mesh, P("data"))
+  it = input_pipeline.TrainIterator(data.train, c.train.batch_size, c.seed, bsh)
+  model = loop.build_model(c, data.num_classes)
+  tx = state_lib.optimizer(c.train, it.steps_per_epoch)
+  ex = state_lib.example_inputs(c.train.batch_size, data.train.k, data.train.image.shape[1])
+  shardings = state_lib.state_shardings(model, tx, ex, mesh, rules)
+  state = state_lib.create(model, tx, ex, mesh, rules, c.seed)
+  return mesh, rules, it, model, tx, shardings, state
+
+
+def test_train_step_learns_without_recompiling_and_donates_state():
+  c = tiny_config()
+  data = synthetic.make()
+  mesh, rules, it, model, tx, shardings, state = _setup(c, data)
+  fn = chex.assert_max_traces(
+      step_lib.train_step_fn(model, tx, step_lib.LossConfig.from_config(c.train, 10), None),
+      n=1)
+  step = step_lib.jit_train_step(fn, mesh, rules, shardings)
+  rng = jax.random.key(0)
+  batch = next(it)
+  first = None
+  for i in range(30):
+    old = state
+    state, m = step(state, batch if i < 25 else next(it), rng)
+    if first is None:
+      first = float(m["loss"])
+    assert all(x.is_deleted() for x in jax.tree.leaves(old.params))
+    for k in ("grad_norm", "param_norm", "loss", "accuracy"):
+      assert np.isfinite(float(m[k]))
+  assert int(state.step) == 30
+  # 25 steps on one fixed batch: the loss must drop a lot (mixup keeps it above 0).
+  last = float(step(state, batch, rng)[1]["loss"])
+  assert last < 0.6 * first, (first, last)
+
+
+def test_iterator_is_deterministic_and_resumable():
+  c = tiny_config()
+  data = synthetic.make()
+  mesh = mesh_lib.make_mesh(c.mesh)
+  bsh = NamedSharding(mesh, P("data"))
+  a = input_pipeline.TrainIterator(data.train, 16, 7, bsh)
+  ref = [np.asarray(next(a)["label"]) for _ in range(2 * a.steps_per_epoch + 3)]
+  state_at = a.steps_per_epoch + 1
+  b = input_pipeline.TrainIterator(data.train, 16, 7, bsh)
+  for _ in range(state_at):
+    next(b)
+  saved = b.get_state()
+  assert saved == {"epoch": 1, "position": 1, "seed": 7}
+  c2 = input_pipeline.TrainIterator(data.train, 16, 7, bsh)
+  c2.set_state(saved)
+  rest = [np.asarray(next(c2)["label"]) for _ in range(len(ref) - state_at)]
+  for x, y in zip(ref[state_at:], rest):
+    np.testing.assert_array_equal(x, y)
+  # Each epoch is a permutation of the labelled examples (remainder dropped).
+  epoch0 = np.concatenate(ref[:a.steps_per_epoch])
+  assert len(epoch0) == a.steps_per_epoch * 16
+  for it in (a, b, c2):
+    it.close()
+
+
+def test_eval_batches_pad_with_a_mask():
+  c = tiny_config()
+  data = synthetic.make()  # 40 val examples
+  bsh = NamedSharding(mesh_lib.make_mesh(c.mesh), P("data"))
+  seen = []
+  for batch, idx, mask in input_pipeline.eval_batches(data.val, 16, bsh):
+    assert batch["z"].shape[0] == 16
+    np.testing.assert_array_equal(np.asarray(batch["mask"]), mask)
+    seen.extend(idx[mask])
+  assert sorted(seen) == list(range(len(data.val)))
+  assert len(data.val) % 16 != 0  # the last batch really is padded
+
+
+def test_query_set_validates_shapes():
+  data = synthetic.make()
+  with pytest.raises(ValueError, match="rows disagree"):
+    input_pipeline.QuerySet(image=data.train.image[:-1], labels=data.train.labels,
+                            neighbor_rows=data.train.neighbor_rows, kb=data.train.kb)
+
+
+def test_nan_stops_the_run_and_keeps_the_good_checkpoint(tmp_path):
+  c = tiny_config()
+  c.train.epochs = 1
+  data = synthetic.make()
+  loop.train(c, str(tmp_path), data)
+  ckpt_dir = str(tmp_path / "checkpoints")
+  good_step = checkpointing.resolve_step(ckpt_dir)
+  good = checkpointing.load_params(ckpt_dir, good_step)
+  image = np.array(data.train.image)
+  image[:] = np.nan  # every later batch is poisoned
+  bad = loop.TrainData(train=input_pipeline.QuerySet(image=image, labels=data.train.labels,
+                                                     neighbor_rows=data.train.neighbor_rows,
+                                                     kb=data.train.kb),
+                       val=data.val, train_counts=data.train_counts)
+  c.train.epochs = 3
+  with pytest.raises(loop.NonFiniteError, match="latest good checkpoint is step"):
+    loop.train(c, str(tmp_path), bad)
+  mgr = checkpointing.Checkpointer(ckpt_dir)
+  assert mgr.latest_step() == good_step
+  mgr.close()
+  again = checkpointing.load_params(ckpt_dir)
+  for x, y in zip(jax.tree.leaves(good), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(x, y)
+    assert np.all(np.isfinite(y))
