@@ -2,6 +2,7 @@
 
   python bench/clip_throughput.py            # ViT-B/16 at 224 px, batch 32
   python bench/clip_throughput.py --iters 3 --batch 8   # quicker
+  python bench/clip_throughput.py --threads 1           # per-core comparison
 
 Both run float32 on all cores (torch threads = the core count XLA uses), both are warmed up,
 and timed iterations alternate between the two so that any other load on the machine hits both
@@ -41,7 +42,14 @@ def main() -> None:
   ap.add_argument("--image-size", type=int, default=224)
   ap.add_argument("--iters", type=int, default=5)
   ap.add_argument("--warmup", type=int, default=1)
+  ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                  help="threads for both (default: all cores)")
   args = ap.parse_args()
+  threads = args.threads
+  if threads != (os.cpu_count() or 1):  # must be set before jax starts its CPU client
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_cpu_multi_thread_eigen={str(threads > 1).lower()}"
+                               f" intra_op_parallelism_threads={threads}")
 
   import jax
   import numpy as np
@@ -50,7 +58,6 @@ def main() -> None:
 
   from retformer_jax.convert import hf
 
-  threads = os.cpu_count() or 1
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   ref = transformers.CLIPModel(hf_vit_b16(args.image_size)).eval()
@@ -75,6 +82,7 @@ def main() -> None:
     with torch.inference_mode():
       return ref.get_image_features(pixel_values=pixels_nchw).pooler_output
 
+  load = os.getloadavg()
   for _ in range(args.warmup):
     ours_out, hf_out = run_ours(), run_hf()
   times = {"ours": [], "hf": []}
@@ -94,7 +102,8 @@ def main() -> None:
   for k, label in (("ours", "ours (jax)"), ("hf", "hf (torch)")):
     print(f"{label:10s} {rate[k]:10.2f} {statistics.median(times[k]):14.3f} "
           f"{min(times[k]):11.3f}")
-  print(f"compile {compile_s:.1f} s; max abs diff {diff:.2e} (output max {scale:.2f})")
+  print(f"compile {compile_s:.1f} s; max abs diff {diff:.2e} (output max {scale:.2f}); "
+        f"machine load average {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
   print(json.dumps({"ours_img_s": round(rate["ours"], 3), "hf_img_s": round(rate["hf"], 3),
                     "ratio": round(rate["ours"] / rate["hf"], 3),
                     "max_abs_diff": diff}))

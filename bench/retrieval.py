@@ -27,13 +27,14 @@ from retformer_jax.kb import index as index_lib  # noqa: E402
 
 
 def clustered(n: int, d: int, centres: np.ndarray, basis: np.ndarray, seed: int,
-              spread: float = 1.0, noise: float = 0.05, chunk: int = 131072) -> np.ndarray:
+              spread: float = 1.0, noise: float = 0.05, chunk: int = 131072,
+              dtype=np.float32) -> np.ndarray:
   """n unit vectors with a low intrinsic dimension, like CLIP embeddings: a cluster centre plus
   a spread inside an r-dim latent space, mapped to d dims by `basis` [r, d], plus a little
-  isotropic noise (float32)."""
+  isotropic noise."""
   rng = np.random.default_rng(seed)
   r = basis.shape[0]
-  out = np.empty((n, d), np.float32)
+  out = np.empty((n, d), dtype)
   for lo in range(0, n, chunk):
     m = min(chunk, n - lo)
     z = centres[rng.integers(len(centres), size=m)]
@@ -72,7 +73,7 @@ def backends(n: int, args) -> dict:
   hnsw = cfg.faiss.copy_and_resolve_references()
   hnsw.factory = f"HNSW{args.hnsw_m},Flat"
   hnsw.ef_construction, hnsw.ef_search = args.ef_construction, args.ef_search
-  nlist = int(4 * np.sqrt(n))
+  nlist = int(args.nlist_factor * np.sqrt(n))
   ivfpq = cfg.faiss.copy_and_resolve_references()
   ivfpq.factory = f"IVF{nlist},PQ{args.pq_m}x4fs"
   ivfpq.nprobe, ivfpq.train_size = args.nprobe, min(n, 100_000)
@@ -81,8 +82,10 @@ def backends(n: int, args) -> dict:
   scann.num_leaves_to_search = max(1, int(scann.num_leaves * args.scann_search))
   scann.training_sample_size = min(n, 100_000)
   scann.reorder_k = args.reorder
-  return {"faiss_hnsw": ("faiss", hnsw, 0), "faiss_ivfpq": ("faiss", ivfpq, args.reorder),
-          "scann": ("scann", scann, 0)}
+  codes = scann.copy_and_resolve_references()
+  codes.reorder_k = 0  # 4-bit codes only in RAM; re-scored from the fp16 store
+  return {"scann": ("scann", scann, 0), "scann_codes": ("scann", codes, args.reorder),
+          "faiss_ivfpq": ("faiss", ivfpq, args.reorder), "faiss_hnsw": ("faiss", hnsw, 0)}
 
 
 def run_size(n: int, args, tmp: str) -> dict:
@@ -92,21 +95,30 @@ def run_size(n: int, args, tmp: str) -> dict:
   centres /= np.linalg.norm(centres, axis=1, keepdims=True)
   basis = np.linalg.qr(rng.standard_normal((d, args.latent)))[0].T.astype(np.float32)
   t = time.perf_counter()
-  x = clustered(n, d, centres, basis, seed=1)
+  # The KB as the store keeps it (float16); backends convert chunk by chunk.
+  x = clustered(n, d, centres, basis, seed=1, dtype=np.float16)
   q = clustered(args.queries, d, centres, basis, seed=2)
-  x16 = x.astype(np.float16)  # what the store keeps (re-scoring reads these)
   print(f"[N={n}] data {time.perf_counter() - t:.1f}s", flush=True)
   cfg = common.get_config().index
-  exact_cls = index_lib.backend_class("exact")
-  t = time.perf_counter()
-  exact = exact_cls(d, cfg.exact)
-  exact.build(x)
-  build_exact = time.perf_counter() - t
-  exact.search(q[:cfg.exact.query_batch], k)  # compile
-  truth, dt = timed_search(exact, q, k)
-  del exact
-  out = {"exact": {"qps": args.queries / dt, "recall_at_32": 1.0, "build_s": build_exact,
-                   "bytes_per_vector": 4.0 * d}}
+  cached = os.path.join(args.cache, f"exact-{n}-{args.queries}-{args.k}.npz") if args.cache else ""
+  if cached and os.path.exists(cached):  # same data (seeded): reuse the exact answer
+    with np.load(cached) as z:
+      truth, exact_row = z["truth"], json.loads(str(z["exact"]))
+  else:
+    exact_cls = index_lib.backend_class("exact")
+    t = time.perf_counter()
+    exact = exact_cls(d, cfg.exact)
+    exact.build(x)
+    build_exact = time.perf_counter() - t
+    exact.search(q[:cfg.exact.query_batch], k)  # compile
+    truth, dt = timed_search(exact, q, k)
+    del exact
+    exact_row = {"qps": args.queries / dt, "recall_at_32": 1.0, "build_s": build_exact,
+                 "bytes_per_vector": 4.0 * d}
+    if cached:
+      os.makedirs(args.cache, exist_ok=True)
+      np.savez(cached, truth=truth, exact=json.dumps(exact_row))
+  out = {"exact": exact_row}
   print(f"[N={n}] exact: {out['exact']['qps']:.0f} q/s", flush=True)
   for name, (backend, bcfg, rerank) in backends(n, args).items():
     if args.backends and name not in args.backends.split(","):
@@ -119,7 +131,7 @@ def run_size(n: int, args, tmp: str) -> dict:
     index.save(folder)
     size = folder_bytes(folder)
     index.search(q[:64], k)  # warm up
-    ids, dt = timed_search(index, q, k, rerank_vectors=x16, rerank_depth=rerank)
+    ids, dt = timed_search(index, q, k, rerank_vectors=x, rerank_depth=rerank)
     out[name] = {"qps": args.queries / dt, "recall_at_32": recall(ids, truth), "build_s": build_s,
                  "bytes_per_vector": size / n}
     if rerank:
@@ -145,9 +157,11 @@ def main() -> None:
   p.add_argument("--ef_search", type=int, default=128)
   p.add_argument("--pq_m", type=int, default=128, help="PQ sub-quantizers (4 bits each)")
   p.add_argument("--nprobe", type=int, default=32)
+  p.add_argument("--nlist_factor", type=float, default=4.0, help="IVF lists = factor * sqrt(N)")
   p.add_argument("--reorder", type=int, default=256)
   p.add_argument("--scann_search", type=float, default=0.05, help="fraction of leaves searched")
   p.add_argument("--backends", default="", help="comma list; empty = all")
+  p.add_argument("--cache", default="", help="dir keeping the exact answers between runs")
   args = p.parse_args()
   results = {"dim": args.dim, "queries": args.queries, "k": args.k, "cpus": os.cpu_count()}
   with tempfile.TemporaryDirectory(prefix="bench_retrieval_") as tmp:

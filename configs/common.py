@@ -113,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.index.scann.training_sample_size = 262144
   c.index.scann.dims_per_block = 2  # asymmetric hashing: 4-bit codes per 2 dims
   c.index.scann.anisotropic_threshold = 0.2
-  c.index.scann.reorder_k = 256  # exact re-scoring of the best AH candidates
+  c.index.scann.reorder_k = 256  # in-index exact re-scoring; 0 = none (use index.rerank_depth)
   c.index.exact = ml_collections.ConfigDict()
   c.index.exact.approx = False  # jax.lax.approx_max_k for the local top-k (TPU)
   c.index.exact.recall_target = 0.95  # approx_max_k only
@@ -182,6 +182,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.retllm.injection_layer_lo = 5  # layers l with lo < l < hi are watched for the trigger
   c.retllm.injection_layer_hi = 16
   c.retllm.injection_memory = "all"  # all (input embeddings) | image (image tokens only)
+  # Trigger logits through the final RMSNorm, then lm_head (as SPEC); False = lm_head on the raw
+  # hidden state, as the released reference code computes them.
+  c.retllm.injection_final_norm = True
+  c.retllm.pre_resize = False  # True: bicubic pre-resize to multiples of 28 (qwen_vl_utils)
+  c.retllm.vision_cache_size = 2048  # gallery images whose vision features stay cached
   c.retllm.batch_size = 8  # candidates per MLLM forward
   c.retllm.dtype = "bfloat16"  # MLLM compute dtype ("float32" on CPU)
   c.retllm.min_pixels = 256 * 28 * 28

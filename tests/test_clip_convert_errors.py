@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -132,3 +133,15 @@ def test_openclip_style_export_loads(source, tmp_path):
   ref_k = np.asarray(ref_params["text_projection"]).astype(np.float16).astype(np.float32)
   np.testing.assert_array_equal(np.asarray(params["text_projection"]), ref_k)
   assert params["text_projection"].dtype == np.float32
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+  """A checkpoint split over shards with a `model.safetensors.index.json`."""
+  model = save_hf_clip(str(tmp_path / "single"))
+  model.save_pretrained(str(tmp_path / "sharded"), max_shard_size="20KB")
+  names = os.listdir(tmp_path / "sharded")
+  assert "model.safetensors.index.json" in names and len(names) > 3
+  _, params = hf.load_clip(str(tmp_path / "sharded"), scan_layers=False)
+  _, ref = hf.load_clip(str(tmp_path / "single"), scan_layers=False)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -66,8 +66,10 @@ def _np_inject(x, f, mem, gate_w, down_w, alpha):
   return (1 - alpha) * f + alpha * a_hat
 
 
-def _hf_run(ref, ids, grid, pixels, cfg: InjectionConfig | None, armed: int | None):
-  """Logits [T, V] of one sample, per-layer top-k entropies, with F replaced in `armed`."""
+def _hf_run(ref, ids, grid, pixels, cfg: InjectionConfig | None, armed: int | None,
+            final_norm: bool = False):
+  """Logits [T, V] of one sample, per-layer top-k entropies (read through the final RMSNorm
+  when `final_norm`), with F replaced in `armed`."""
   layers = ref.model.language_model.layers
   seen: dict = {"h": []}
   hooks = [layers[0].register_forward_pre_hook(
@@ -95,9 +97,13 @@ def _hf_run(ref, ids, grid, pixels, cfg: InjectionConfig | None, armed: int | No
     for h in hooks:
       h.remove()
   head = ref.lm_head.weight.detach().double().numpy()
+  norm = ref.model.language_model.norm
   ent = []
   for h in seen["h"]:
-    top = np.sort(h.detach().double().numpy() @ head.T)[-10:]
+    h = h.detach().double().numpy()
+    if final_norm:
+      h = h / np.sqrt(np.mean(h ** 2) + norm.variance_epsilon) * norm.weight.detach().double().numpy()
+    top = np.sort(h @ head.T)[-10:]
     p = np.exp(top - top.max())
     p /= p.sum()
     ent.append(-(p * np.log(p)).sum() / np.log(10))
@@ -122,11 +128,12 @@ def _ours(model, params, rows, grids, pixels, cfg):
   return [np.asarray(logits[b, T - len(r):], np.float64) for b, r in enumerate(rows)]
 
 
-@pytest.mark.parametrize("memory", ["all", "image"])
-def test_each_sample_arms_its_own_layer_and_matches_the_formula(models, memory):
+@pytest.mark.parametrize("memory,final_norm", [("all", True), ("image", False)])
+def test_each_sample_arms_its_own_layer_and_matches_the_formula(models, memory, final_norm):
   ref, model, params = models
   rows, grids, pixels = _samples()
-  ents = [_hf_run(ref, r, g, p, None, None)[1] for r, g, p in zip(rows, grids, pixels)]
+  ents = [_hf_run(ref, r, g, p, None, None, final_norm)[1]
+          for r, g, p in zip(rows, grids, pixels)]
   # A threshold at which the two samples arm different layers, one past the first armable one.
   cands = sorted(set(np.concatenate([e[LO + 1:HI] for e in ents])))
   taus = [(a + b) / 2 for a, b in zip(cands, cands[1:])]
@@ -135,13 +142,14 @@ def test_each_sample_arms_its_own_layer_and_matches_the_formula(models, memory):
           and max(_first_fire(e, t) for e in ents) > LO + 2]
   assert pick, f"fixture gives no usable threshold; entropies {ents}"
   tau = pick[0]
-  cfg = InjectionConfig(enabled=True, tau=float(tau), layer_lo=LO, layer_hi=HI, memory=memory)
+  cfg = InjectionConfig(enabled=True, tau=float(tau), layer_lo=LO, layer_hi=HI, memory=memory,
+                        final_norm=final_norm)
   armed = [_first_fire(e, tau) for e in ents]
   assert armed[0] != armed[1]
   ours = _ours(model, params, rows, grids, pixels, cfg)
   plain = _ours(model, params, rows, grids, pixels, None)
   for b, (r, g, p) in enumerate(zip(rows, grids, pixels)):
-    want, _ = _hf_run(ref, r, g, p, cfg, armed[b])
+    want, _ = _hf_run(ref, r, g, p, cfg, armed[b], final_norm)
     scale = np.abs(want).max()
     np.testing.assert_allclose(ours[b], want, atol=1e-4 * scale, rtol=0)
     assert np.abs(plain[b] - want).max() > 1e-3 * scale  # the injection mattered

@@ -49,6 +49,7 @@ def _cfg(backend, **kw):
     ("faiss", {}, 0),  # default HNSW32,Flat
     ("faiss", {"factory": "IVF64,PQ16x4fs", "nprobe": 16, "train_size": N}, 128),
     ("scann", {"num_leaves": 80, "num_leaves_to_search": 12, "reorder_k": 128}, 0),
+    ("scann", {"num_leaves": 80, "num_leaves_to_search": 12, "reorder_k": 0}, 128),
     ("exact", {}, 0),
     ("exact", {"approx": True, "recall_target": 0.99}, 0),
 ])

@@ -173,3 +173,32 @@ def test_segmented_index_gives_the_same_neighbours(workdir, tmp_path):
   assert index_lib.is_current(wd, c)
   c.index.segment_size = 20
   assert not index_lib.is_current(wd, c)
+
+
+def test_store_joins_shards_including_an_all_skipped_one(tmp_path):
+  folder = str(tmp_path / "s")
+  rng = np.random.default_rng(1)
+  vec = rng.standard_normal((5, D)).astype(np.float32)
+
+  def shard(rows, skipped):
+    rows = np.asarray(rows, np.int64)
+    return store.ShardData(
+        image=store.normalise_fp16(vec[rows] if len(rows) else np.zeros((0, 0))),
+        text=store.normalise_fp16(vec[rows] if len(rows) else np.zeros((0, 0))),
+        ids=rows, labels=rows, source_index=rows, captions=[f"c{r}" for r in rows],
+        skipped=[{"index": i, "error": "bad"} for i in skipped])
+
+  store.write_shard(folder, 0, shard([0, 1], []))
+  store.write_shard(folder, 1, shard([], [2, 3]))
+  store.write_shard(folder, 2, shard([4], []))
+  with pytest.raises(store.StoreError, match="missing"):
+    store.finalize(folder, num_items=8, shard_size=2, dim=D, meta={"source": "s"})
+  m = store.finalize(folder, num_items=5, shard_size=2, dim=D,
+                     meta={"source": "s", "fingerprint": "f", "encoder": ENC})
+  assert m["count"] == 3 and m["skipped_count"] == 2 and [s["rows"] for s in m["shards"]] == [
+      2, 0, 1]
+  st = store.EmbeddingStore(folder)
+  np.testing.assert_array_equal(st.source_index, [0, 1, 4])
+  np.testing.assert_array_equal(st.image, store.normalise_fp16(vec[[0, 1, 4]]))
+  assert st.captions([0, 1, 2]) == ["c0", "c1", "c4"]
+  assert not os.path.exists(os.path.join(folder, "shards"))

@@ -176,3 +176,29 @@ def test_full_size_parameter_count_matches_hf():
     ref_model = transformers.Qwen2_5_VLForConditionalGeneration(
         transformers.Qwen2_5_VLConfig(**{k: v for k, v in cfg7b.items() if k != "model_type"}))
   assert ours == sum(p.numel() for p in ref_model.parameters())
+
+
+def test_kv_cache_prefill_then_extend_equals_full_forward(tmp_path):
+  """A prefix run once (K/V kept), then the rest of the sequence against it: same logits."""
+  from retformer_jax.models import qwen2_5_vl
+
+  _hf_model("qwen2_5_vl").save_pretrained(tmp_path)
+  model, params = hf.load_qwen2_5_vl(str(tmp_path))
+  ids, mask, pixels, grid = _inputs(np.random.default_rng(2))
+  ids, mask = ids[:1], mask[:1]  # row 0: first image only
+  pixels, grid = pixels[:24], grid[:1]
+  full = np.asarray(model.apply({"params": params}, ids, pixels, grid, mask))
+  arrays = qwen2_5_vl.prepare_inputs(model.cfg, ids, grid, mask)
+  v = {"params": params}
+  feats = model.apply(v, pixels, *(arrays[k] for k in ("perm", "rot_hw", "full_seg", "win_seg",
+                                                       "unperm")), method="image_features")
+  x = model.apply(v, ids, model.apply(v, ids, method="embed"), feats,
+                  method="merge_image_tokens")
+  P = 9  # splits the sequence inside the image-token run
+  pos, m = arrays["positions"], arrays["attention_mask"]
+  pre = model.apply(v, x[:, :P], pos[:, :, :P], m[:, :P], np.array([P - 1]), collect_kv=True,
+                    method="decode")
+  ext = model.apply(v, x[:, P:], pos[:, :, P:], m[:, P:], np.array([ids.shape[1] - P - 1]),
+                    prefix_kv=pre["kv"], prefix_mask_bp=m[:, :P], output="all", method="decode")
+  np.testing.assert_allclose(np.asarray(ext["logits"]), full[:, P:],
+                             atol=1e-4 * np.abs(full).max(), rtol=0)

@@ -71,3 +71,35 @@ def test_prompt_ids_match_processor_expansion(tmp_path):
                  add_special_tokens=False)["input_ids"]
   assert ids.tolist() == list(expected)
   assert prompter.true_id == tok.convert_tokens_to_ids("True")
+
+
+def test_pre_resize_repeats_the_reference_loader():
+  """pre_resize: first a bicubic resize to multiples of 28 (qwen_vl_utils), then the processor."""
+  rng = np.random.default_rng(7)
+  image = rng.integers(0, 256, (101, 157, 3), dtype=np.uint8)
+  h, w = qwen_preprocess.smart_resize(101, 157, 28, 4 * 28 * 28, 16384 * 28 * 28)
+  staged = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
+  ref = Qwen2VLImageProcessorPil(min_pixels=LO, max_pixels=HI)(
+      images=[Image.fromarray(staged)], return_tensors="np")["pixel_values"]
+  ours, _ = qwen_preprocess.QwenImageProcessor(min_pixels=LO, max_pixels=HI, pre_resize=True)(
+      image)
+  np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0)
+
+
+def test_processor_chat_template_file_is_preferred(tmp_path):
+  """A folder's chat_template.json (the processor's) overrides a text-only tokenizer template."""
+  import json
+
+  from transformers import AutoTokenizer
+
+  qwen_tokenizer.write_tokenizer(str(tmp_path), ["a cat"])
+  tok = AutoTokenizer.from_pretrained(str(tmp_path))
+  tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # text only
+  pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
+  with pytest.raises(ValueError, match="image placeholders"):
+    qwen_preprocess.QwenPrompter(tok, pad_id).pair_ids("a cat", 4)
+  (tmp_path / "chat_template.json").write_text(
+      json.dumps({"chat_template": qwen_tokenizer.CHAT_TEMPLATE}))
+  template = qwen_preprocess.QwenPrompter.folder_chat_template(str(tmp_path))
+  ids = qwen_preprocess.QwenPrompter(tok, pad_id, chat_template=template).pair_ids("a cat", 4)
+  assert (ids == pad_id).sum() == 4

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from retformer_jax.models import qwen2_5_vl
-
+from retformer_jax.models.qwen_injection import InjectionConfig
 from retformer_jax.retllm import demo_qwen, scorer
 
 CORPUS = ["a red fox jumps over the fence", "two dogs play in the snow", "a man rides a bike",

@@ -114,4 +114,5 @@ def test_two_processes_with_gloo_match_one_process(tmp_path):
   assert int(a["step"]) == int(b["step"]) > 0
   # Only the order of the cross-device gradient sums differs.
   _assert_same_params(a, b, atol=2e-6)
-  np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-5)
+  scale = max(float(np.abs(b["logits"]).max()), 1.0)
+  assert np.abs(a["logits"] - b["logits"]).max() <= 1e-4 * scale

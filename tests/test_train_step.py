@@ -132,3 +132,20 @@ def test_nan_stops_the_run_and_keeps_the_good_checkpoint(tmp_path):
   for x, y in zip(jax.tree.leaves(good), jax.tree.leaves(again)):
     np.testing.assert_array_equal(x, y)
     assert np.all(np.isfinite(y))
+
+
+def test_checkpoints_keep_the_last_n_and_the_best(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep_last=2, keep_best=1, async_save=True)
+  val = {1: 0.2, 2: 0.9, 3: 0.5, 4: None, 5: 0.4}
+  for step, top1 in val.items():
+    state = {"params": {"w": np.full((3,), float(step), np.float32)}}
+    ckpt.save(step, state, {"epoch": step, "position": 0, "seed": 0},
+              metrics=None if top1 is None else {checkpointing.BEST_METRIC: top1})
+  ckpt.wait()
+  assert ckpt.all_steps() == [2, 4, 5]
+  assert ckpt.best_step() == 2 and ckpt.latest_step() == 5
+  ckpt.close()
+  assert checkpointing.resolve_step(str(tmp_path)) == 2  # eval default: the best
+  np.testing.assert_array_equal(checkpointing.load_params(str(tmp_path), 4)["w"], [4.0] * 3)
+  with pytest.raises(FileNotFoundError, match="available"):
+    checkpointing.load_params(str(tmp_path), 3)

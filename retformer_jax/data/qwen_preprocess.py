@@ -79,6 +79,9 @@ class QwenImageProcessor:
   image_std: tuple[float, ...] = _CLIP_STD
   rescale_factor: float = 1 / 255
   resample: int = 3  # PIL bicubic
+  # The public reference loads images through qwen_vl_utils, which first resizes them (bicubic)
+  # to multiples of 28 within [4, 16384] * 28^2 pixels; True repeats that step.
+  pre_resize: bool = False
 
   def __post_init__(self):
     if not 0 < self.min_pixels <= self.max_pixels:
@@ -87,7 +90,7 @@ class QwenImageProcessor:
 
   @classmethod
   def from_folder(cls, path: str, *, min_pixels: int | None = None,
-                  max_pixels: int | None = None) -> "QwenImageProcessor":
+                  max_pixels: int | None = None, pre_resize: bool = False) -> "QwenImageProcessor":
     """From `preprocessor_config.json`; min/max_pixels arguments override the file."""
     file = os.path.join(path, "preprocessor_config.json")
     if not os.path.exists(file):
@@ -105,17 +108,14 @@ class QwenImageProcessor:
                image_mean=tuple(float(v) for v in d.get("image_mean", _CLIP_MEAN)),
                image_std=tuple(float(v) for v in d.get("image_std", _CLIP_STD)),
                rescale_factor=float(d.get("rescale_factor", 1 / 255)),
-               resample=int(d.get("resample", 3)))
-
-  def grid(self, height: int, width: int) -> np.ndarray:
-    """(t, h, w) patch grid of an image of this size."""
-    h, w = smart_resize(height, width, self.patch_size * self.merge_size, self.min_pixels,
-                        self.max_pixels)
-    return np.array([1, h // self.patch_size, w // self.patch_size], np.int64)
+               resample=int(d.get("resample", 3)), pre_resize=pre_resize)
 
   def __call__(self, image) -> tuple[np.ndarray, np.ndarray]:
     """One image -> (patches float32 [N, 3*T*P*P], grid_thw int64 [3])."""
     x = to_rgb_uint8(image)
+    if self.pre_resize:
+      h, w = smart_resize(x.shape[0], x.shape[1], 28, 4 * 28 * 28, 16384 * 28 * 28)
+      x = np.asarray(Image.fromarray(x).resize((w, h), resample=Image.Resampling.BICUBIC))
     h, w = smart_resize(x.shape[0], x.shape[1], self.patch_size * self.merge_size,
                         self.min_pixels, self.max_pixels)
     x = np.asarray(Image.fromarray(x).resize((w, h), resample=Image.Resampling(self.resample)))
@@ -133,10 +133,13 @@ class QwenImageProcessor:
 class QwenPrompter:
   """Token ids of the scoring prompt: chat [image, match question] + generation prompt."""
 
-  def __init__(self, tokenizer, image_token_id: int, template: str = MATCH_PROMPT):
-    if not getattr(tokenizer, "chat_template", None):
+  def __init__(self, tokenizer, image_token_id: int, template: str = MATCH_PROMPT,
+               chat_template: str | None = None):
+    self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
+    if not self.chat_template:
       raise ValueError("The tokenizer has no chat template; the Qwen-VL folder needs "
-                       "chat_template.jinja (or chat_template in tokenizer_config.json).")
+                       "chat_template.jinja / chat_template.json (or chat_template in "
+                       "tokenizer_config.json).")
     self.tokenizer = tokenizer
     self.image_token_id = int(image_token_id)
     self.template = template
@@ -145,10 +148,20 @@ class QwenPrompter:
       raise ValueError("The tokenizer has no single token 'True'; the score reads P('True').")
     self.true_id = int(true_id)
 
+  @staticmethod
+  def folder_chat_template(path: str) -> str | None:
+    """The processor's chat template saved beside the weights (chat_template.json), if any."""
+    file = os.path.join(path, "chat_template.json")
+    if not os.path.exists(file):
+      return None
+    with open(file) as f:
+      return json.load(f).get("chat_template")
+
   def text(self, caption: str) -> str:
     messages = [{"role": "user", "content": [
         {"type": "image"}, {"type": "text", "text": self.template.format(caption=caption)}]}]
-    return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template,
+                                              tokenize=False, add_generation_prompt=True)
 
   def pair_ids(self, caption: str, num_image_tokens: int) -> np.ndarray:
     """int32 ids with the single image placeholder expanded to `num_image_tokens` copies."""

@@ -66,10 +66,13 @@ def write_json(path: str, obj: dict) -> None:
 
 
 def _pick_explained(labels, buckets_c, n: int) -> np.ndarray:
-  """Up to n examples, taking Few, Medium and Many classes in turn (first in split order)."""
+  """Up to n examples of distinct classes, taking Few, Medium and Many classes in turn."""
   labels = np.asarray(labels)
-  pools = [list(np.flatnonzero((labels >= 0) & (buckets_c[np.maximum(labels, 0)] == b)))
-           for b in (2, 1, 0)]
+  first = {}
+  for i, label in enumerate(labels):
+    if label >= 0 and int(label) not in first:
+      first[int(label)] = i
+  pools = [[first[c] for c in sorted(first) if buckets_c[c] == b] for b in (2, 1, 0)]
   out = []
   while len(out) < n and any(pools):
     for pool in pools:

@@ -67,7 +67,7 @@ def load_neighbors(workdir: str, config, split: str) -> Neighbors:
   query = open_query_store(workdir, config, split)
   index_manifest = index_lib.read_manifest(workdir, config)
   index_fp = index_manifest["fingerprint"]
-  indexed = [s["source"] for s in index_manifest["segments"]]
+  indexed = list(dict.fromkeys(s["source"] for s in index_manifest["segments"]))
   configured = [s.name for s in layout.kb_sources(config)]
   if indexed != configured:
     raise nb_lib.NeighborsError(

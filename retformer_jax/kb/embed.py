@@ -102,12 +102,12 @@ def embed_images(source, store_dir: str, encoder, *, shard_size: int, num_worker
     except Exception as e:  # a reader failure on one item must not stop a billion-item job
       return i, None, None, f"{type(e).__name__}: {e}"
 
-  indices = [i for s in todo for i in range(s * shard_size, min((s + 1) * shard_size, num_items))]
+  indices = (i for s in todo for i in range(s * shard_size, min((s + 1) * shard_size, num_items)))
   window = max(1, prefetch_batches) * encoder.batch_size
   t0 = time.time()
   with cf.ThreadPoolExecutor(max(1, num_workers)) as pool:
     pending: collections.deque = collections.deque()
-    feed = iter(indices)
+    feed = indices
 
     def top_up():
       while len(pending) < window:

@@ -22,7 +22,6 @@ class ExactIndex:
     self.dim, self.cfg = dim, cfg
     self.devices = list(devices if devices is not None else jax.local_devices())
     self.mesh = Mesh(np.asarray(self.devices), ("kb",))
-    self._host = np.zeros((0, dim), np.float32)
     self._x = None
     self._n = 0
     self._search_fns = {}
@@ -33,17 +32,24 @@ class ExactIndex:
 
   def build(self, x_nd: np.ndarray, seed: int = 0) -> None:
     del seed
-    self._host = np.zeros((0, self.dim), np.float32)
+    self._x, self._n = None, 0
     self.add(x_nd)
 
-  def add(self, x_nd: np.ndarray) -> None:
-    self._host = np.concatenate([self._host, np.asarray(x_nd, np.float32)])
-    self._n = len(self._host)
+  def add(self, x_nd: np.ndarray, chunk: int = 65536) -> None:
+    """Appends rows: one padded float32 host copy, put on the devices, then dropped."""
+    old = self._n
+    self._n = old + len(x_nd)
     d = len(self.devices)
     per = max(1, -(-self._n // d))
     padded = np.zeros((per * d, self.dim), np.float32)
-    padded[:self._n] = self._host
+    if old:
+      padded[:old] = np.asarray(self._x)[:old]
+    for lo in range(0, len(x_nd), chunk):
+      part = np.asarray(x_nd[lo:lo + chunk], np.float32)
+      padded[old + lo:old + lo + len(part)] = part
+    self._x = None
     self._x = jax.device_put(padded, NamedSharding(self.mesh, P("kb", None)))
+    del padded
     self._search_fns.clear()
 
   def _fn(self, k: int):

@@ -1,7 +1,9 @@
 """ScaNN backend: k-means tree + anisotropic asymmetric hashing + exact reordering (dot product).
 
 Leaves default to about sqrt(N), of which a tenth are searched; tiny segments (< 512 vectors)
-use brute force. `add` rebuilds over the old and new vectors (ScaNN trees are trained on their
+use brute force. reorder_k > 0 keeps a float32 copy of the vectors in the index for exact
+re-scoring; reorder_k = 0 keeps only the 4-bit codes, and config.index.rerank_depth re-scores
+from the (memory-mapped) store instead, which is how a billion-scale KB fits in RAM. `add` rebuilds over the old and new vectors (ScaNN trees are trained on their
 data); growing a KB adds a new segment instead (kb/index.py), which needs no rebuild.
 """
 
@@ -50,7 +52,8 @@ class ScannIndex:
       builder = builder.score_ah(int(self.cfg.dims_per_block),
                                  anisotropic_quantization_threshold=float(
                                      self.cfg.anisotropic_threshold))
-      builder = builder.reorder(int(self.cfg.reorder_k))
+      if int(self.cfg.reorder_k) > 0:  # 0: no in-RAM float copy (use index.rerank_depth)
+        builder = builder.reorder(int(self.cfg.reorder_k))
     self.searcher = builder.build()
     self._vectors = x_nd
 
@@ -69,7 +72,7 @@ class ScannIndex:
     if k_eff == 0 or m == 0:
       return sims, ids
     kw = {"final_num_neighbors": k_eff}
-    if self.ntotal >= _MIN_TREE:
+    if self.ntotal >= _MIN_TREE and int(self.cfg.reorder_k) > 0:
       kw["pre_reorder_num_neighbors"] = max(k_eff, int(self.cfg.reorder_k))
     q = np.ascontiguousarray(q_md, np.float32)
     fn = self.searcher.search_batched_parallel if m >= 256 else self.searcher.search_batched

@@ -138,10 +138,11 @@ def finalize(store_dir: str, *, num_items: int, shard_size: int, dim: int, meta:
     for s in range(num_shards):
       d = read_shard(store_dir, s)
       n = len(d.ids)
-      for name, out in outs.items():
-        out[pos:pos + n] = getattr(d, name)
-      for name, arr in ints.items():
-        arr[pos:pos + n] = getattr(d, name)
+      if n:  # a shard whose every item was unreadable holds no rows
+        for name, out in outs.items():
+          out[pos:pos + n] = getattr(d, name)
+        for name, arr in ints.items():
+          arr[pos:pos + n] = getattr(d, name)
       for c in d.captions:
         b = c.encode("utf-8")
         fcap.write(b)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping
 
 # transformers' activation names (ACT2FN) that CLIP configs use and we implement.

@@ -1,11 +1,13 @@
 """Qwen2.5-VL and Qwen2-VL in Flax linen: vision tower + decoder with multimodal RoPE.
 
     model, params = hf.load_qwen2_5_vl(folder)
-    logits = model.apply({"params": params}, input_ids, pixel_values, image_grid_thw, attention_mask)
+    logits = model.apply({"params": params}, input_ids, pixel_values, image_grid_thw,
+                         attention_mask)
 
 takes the HF model's inputs (pixel_values flattened as its image processor gives them) and
-returns logits [B, T, vocab]. That call prepares index arrays on the host, so its inputs must
-be concrete. Jitted building blocks for fast scoring:
+returns logits [B, T, vocab]. That call prepares index arrays on the host (`prepare_inputs`:
+window layout, 3-D rotary positions exactly as HF `get_rope_index`, masks), so its inputs must
+be concrete; jit `forward` on those arrays instead. Building blocks for fast scoring:
 
 - `image_features(...)`: vision tower on the arrays of a `qwen_layout.VisionLayout`;
 - `embed(input_ids)`: token embeddings;

@@ -30,9 +30,9 @@ class InjectionConfig:
   layer_hi: int = 16
   top_k: int = 10
   memory: str = "all"  # "all": every input embedding; "image": image tokens only
-  # The public reference reads per-layer logits as lm_head(h) without the final RMSNorm;
-  # True applies the final norm first.
-  final_norm: bool = False
+  # Per-layer trigger logits = lm_head(final_norm(h)), as the method describes; False reads
+  # lm_head(h) on the raw hidden state, as the released reference code does.
+  final_norm: bool = True
 
   def __post_init__(self):
     if self.memory not in ("all", "image"):

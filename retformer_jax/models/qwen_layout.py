@@ -128,7 +128,6 @@ def rope_index(input_ids, image_grid_thw, attention_mask=None, *, image_token_id
     kinds = (ids[row][mask[row]] == image_token_id).astype(np.int64)
     pos = 0 if start is None else int(start[row])
     pieces = []
-    cursor = 0
     for kind, group in itertools.groupby(kinds.tolist()):
       length = len(list(group))
       if kind == 0:
@@ -147,7 +146,6 @@ def rope_index(input_ids, image_grid_thw, attention_mask=None, *, image_token_id
         tt, hh, ww = np.meshgrid(np.arange(gt), np.arange(lh), np.arange(lw), indexing="ij")
         pieces.append(np.stack([tt.reshape(-1), hh.reshape(-1), ww.reshape(-1)]) + pos)
         pos += max(gh, gw) // merge
-      cursor += length
     if pieces:
       out[:, row, mask[row]] = np.concatenate(pieces, axis=1)
   if next(grids, None) is not None:

@@ -33,7 +33,7 @@ import numpy as np
 from retformer_jax.data.qwen_preprocess import QwenImageProcessor, QwenPrompter
 from retformer_jax.models import qwen_layout
 from retformer_jax.models.qwen2_5_vl import QwenVL
-from retformer_jax.models.qwen_injection import ArmState, InjectionConfig
+from retformer_jax.models.qwen_injection import InjectionConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +53,22 @@ def image_key(image: np.ndarray) -> str:
 
 
 class PairScorer:
+  """P("True") scorer for (image, caption) pairs; see the module docstring.
+
+  floor_decimals: P("True") floored to this many decimals (None: raw). injection: visual
+  re-injection (None or enabled=False: off). batch_size: prompt prefixes per prefill and
+  captions per extend call. mesh / axis_rules: shard the weights over a device mesh by their
+  logical axes (None: one device). prefix_bucket / suffix_bucket: token lengths are padded to
+  multiples of these so that few shapes get compiled. chat_template: overrides the tokenizer's
+  (from_folder uses the processor's chat_template.json when the folder has one).
+  """
 
   def __init__(self, model: QwenVL, params, tokenizer, image_processor: QwenImageProcessor, *,
                floor_decimals: int | None = 2, injection: InjectionConfig | None = None,
                batch_size: int = 8, vision_cache_size: int = 2048, prefix_bucket: int = 64,
                suffix_bucket: int = 16, mesh: jax.sharding.Mesh | None = None,
-               axis_rules: Sequence[tuple[str, str | None]] = ()):
+               axis_rules: Sequence[tuple[str, str | None]] = (),
+               chat_template: str | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be >= 1.")
     if floor_decimals is not None and floor_decimals < 0:
@@ -74,7 +84,7 @@ class PairScorer:
 
       self.params = jax.device_put(params, qwen_import.param_shardings(model, mesh,
                                                                        self.axis_rules))
-    self.prompter = QwenPrompter(tokenizer, self.cfg.image_token_id)
+    self.prompter = QwenPrompter(tokenizer, self.cfg.image_token_id, chat_template=chat_template)
     self.processor = image_processor
     if image_processor.merge_size != self.cfg.vision.merge_size or \
         image_processor.patch_size != self.cfg.vision.patch_size:
@@ -91,7 +101,8 @@ class PairScorer:
 
   @classmethod
   def from_folder(cls, path: str, *, dtype: str = "float32", min_pixels: int | None = None,
-                  max_pixels: int | None = None, **kw) -> "PairScorer":
+                  max_pixels: int | None = None, pre_resize: bool = False,
+                  **kw) -> "PairScorer":
     """Weights, tokenizer and image processor of one HF Qwen2.5-VL / Qwen2-VL folder."""
     from transformers import AutoTokenizer
 
@@ -99,7 +110,9 @@ class PairScorer:
 
     model, params = hf.load_qwen2_5_vl(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    proc = QwenImageProcessor.from_folder(path, min_pixels=min_pixels, max_pixels=max_pixels)
+    proc = QwenImageProcessor.from_folder(path, min_pixels=min_pixels, max_pixels=max_pixels,
+                                          pre_resize=pre_resize)
+    kw.setdefault("chat_template", QwenPrompter.folder_chat_template(path))
     return cls(model, params, tokenizer, proc, **kw)
 
   # ------------------------------------------------------------------ public API
@@ -155,7 +168,7 @@ class PairScorer:
       return hit
     patches, grid = self.processor(image)
     v = self.cfg.vision
-    n_pad = _bucket(patches.shape[0], 64 * v.merge_size ** 2)
+    n_pad = _bucket(patches.shape[0], 32 * v.merge_size ** 2)
     lay = qwen_layout.vision_layout(grid[None], merge=v.merge_size, windowed=v.windowed,
                                     window_size=v.window_size, patch_size=v.patch_size,
                                     pad_to=n_pad)

@@ -20,16 +20,12 @@ from retformer_jax.retllm import pipeline
 
 def clip_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The CLIP weights folder: config.clip.path, or the demo CLIP built in the workdir."""
-  if config.clip.path:
-    return config.clip.path
-  from retformer_jax.data import demo as demo_data
-  from retformer_jax.models import demo_clip
+  from retformer_jax.kb import encoder as encoder_lib
+  from retformer_jax.kb import hosts
 
-  folder = os.path.join(workdir, "demo_clip")
-  spec = demo_data.DemoSpec.from_config(config.data.demo)
-  demo_clip.build_demo_clip(folder, demo_data.corpus(spec), image_size=spec.image_size,
-                            seed=config.seed)
-  return folder
+  encoder_lib.ensure_demo_clip(config, workdir)
+  hosts.barrier("retllm-demo-clip")
+  return encoder_lib.clip_folder(config, workdir)
 
 
 def qwen_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -61,13 +57,14 @@ def injection_config(rc: ml_collections.ConfigDict):
   return qwen_injection.InjectionConfig(
       enabled=True, alpha=rc.injection_alpha, tau=rc.injection_tau,
       layer_lo=rc.injection_layer_lo, layer_hi=rc.injection_layer_hi,
-      memory=rc.injection_memory)
+      memory=rc.injection_memory, final_norm=rc.injection_final_norm)
 
 
 def scorer_kwargs(rc: ml_collections.ConfigDict) -> dict:
   return dict(floor_decimals=None if rc.floor_decimals < 0 else rc.floor_decimals,
               injection=injection_config(rc), batch_size=rc.batch_size, dtype=rc.dtype,
-              min_pixels=rc.min_pixels, max_pixels=rc.max_pixels)
+              min_pixels=rc.min_pixels, max_pixels=rc.max_pixels, pre_resize=rc.pre_resize,
+              vision_cache_size=rc.vision_cache_size)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -86,13 +83,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   def make_scorer():
     from retformer_jax.retllm import scorer
 
-    return scorer.PairScorer.from_folder(model_path, **kwargs)
+    from retformer_jax.parallel import mesh as mesh_lib
+
+    # Weights sharded over `model` (a 7B model on a TPU slice or several GPUs).
+    return scorer.PairScorer.from_folder(model_path, mesh=mesh_lib.make_mesh(config.mesh),
+                                         axis_rules=mesh_lib.axis_rules(config.mesh), **kwargs)
 
   settings = pipeline.Settings(
       top_k=rc.top_k, chunk_size=rc.chunk_size, num_queries=rc.num_queries,
       scorer_identity=pipeline.scorer_identity(
           [os.path.abspath(model_path), coarse.folder_stamp(model_path), sorted(
-              (k, repr(v)) for k, v in kwargs.items() if k != "batch_size")]))
+              (k, repr(v)) for k, v in kwargs.items()
+              if k not in ("batch_size", "vision_cache_size"))]))
   metrics = pipeline.run(data, encoder, make_scorer, os.path.join(workdir, "retllm"), settings,
                          embed_batch_size=config.clip.batch_size,
                          write=jax.process_index() == 0)

@@ -7,6 +7,7 @@ on any other. `load_params` reads only the parameters, for evaluation and for ot
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 from typing import Any
 
@@ -16,6 +17,19 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 BEST_METRIC = "val_top1"
+
+
+class _OrbaxInfoFilter(pylogging.Filter):
+  """Drops orbax's per-save INFO chatter (warnings and errors still pass)."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno > pylogging.INFO or "orbax" not in record.pathname
+
+
+def quiet_orbax_info_logs() -> None:
+  logger = pylogging.getLogger("absl")
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
+    logger.addFilter(_OrbaxInfoFilter())
 
 
 class Checkpointer:
@@ -31,6 +45,7 @@ class Checkpointer:
         enable_async_checkpointing=async_save, create=True,
         preservation_policy=policies.AnyPreservationPolicy(keep),
         best_fn=lambda m: m[BEST_METRIC], best_mode="max")
+    quiet_orbax_info_logs()
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data"))
@@ -90,6 +105,7 @@ def load_params(ckpt_dir: str, step: int | None = None, target=None):
   target: optional pytree of ShapeDtypeStructs with shardings (e.g. `state.param_shardings`):
   the parameters are restored straight into them; without it they come back as numpy arrays.
   """
+  quiet_orbax_info_logs()
   step = resolve_step(ckpt_dir, step)
   path = os.path.join(os.path.abspath(ckpt_dir), str(step), "state")
   ckptr = ocp.PyTreeCheckpointer()
