@@ -78,7 +78,7 @@ def backends(n: int, args) -> dict:
   ivfpq.factory = f"IVF{nlist},PQ{args.pq_m}x4fs"
   ivfpq.nprobe, ivfpq.train_size = args.nprobe, min(n, 100_000)
   scann = cfg.scann.copy_and_resolve_references()
-  scann.num_leaves = int(2 * np.sqrt(n))
+  scann.num_leaves = int(args.scann_leaves_factor * np.sqrt(n))
   scann.num_leaves_to_search = max(1, int(scann.num_leaves * args.scann_search))
   scann.training_sample_size = min(n, 100_000)
   scann.reorder_k = args.reorder
@@ -159,6 +159,7 @@ def main() -> None:
   p.add_argument("--nprobe", type=int, default=32)
   p.add_argument("--nlist_factor", type=float, default=4.0, help="IVF lists = factor * sqrt(N)")
   p.add_argument("--reorder", type=int, default=256)
+  p.add_argument("--scann_leaves_factor", type=float, default=2.0, help="leaves = f * sqrt(N)")
   p.add_argument("--scann_search", type=float, default=0.05, help="fraction of leaves searched")
   p.add_argument("--backends", default="", help="comma list; empty = all")
   p.add_argument("--cache", default="", help="dir keeping the exact answers between runs")

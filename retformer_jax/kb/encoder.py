@@ -57,6 +57,9 @@ class Encoder:
       txt_bd = txt_bd.astype(jnp.float32)
       return txt_bd / jnp.maximum(jnp.linalg.norm(txt_bd, axis=-1, keepdims=True), 1e-12)
 
+    # Inputs are placed on the local devices explicitly: in a multi-process job, jit refuses
+    # host NumPy arrays for a non-replicated sharding.
+    self._rows = rows
     self._fn = jax.jit(fn, in_shardings=(rep, rows, rows, rows), out_shardings=(rows, rows))
     self._text_fn = jax.jit(text_fn, in_shardings=(rep, rows, rows), out_shardings=rows)
     self.dim = None
@@ -91,7 +94,7 @@ class Encoder:
     px = np.zeros((b, *pixels[0].shape), np.float32)
     px[:n] = np.stack(pixels)
     ids, mask = self._tokens(list(texts) + [""] * (b - n))
-    img, txt = self._fn(self._params, px, ids, mask)
+    img, txt = self._fn(self._params, *jax.device_put((px, ids, mask), self._rows))
     img, txt = np.asarray(img)[:n], np.asarray(txt)[:n]
     self.dim = img.shape[1]
     return img, txt
@@ -102,6 +105,7 @@ class Encoder:
     for i in range(0, len(texts), b):
       chunk = list(texts[i:i + b])
       ids, mask = self._tokens(chunk + [""] * (b - len(chunk)))
+      ids, mask = jax.device_put((ids, mask), self._rows)
       out.append(np.asarray(self._text_fn(self._params, ids, mask))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, self.dim or 0), np.float32)
 

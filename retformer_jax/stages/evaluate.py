@@ -50,6 +50,8 @@ def run(config, workdir: str) -> None:
         with open(key_path) as f:
           if json.load(f) == key:
             logging.info("eval %s: up to date (step %d), skipped.", split, resolved)
+            with open(os.path.join(out_dir, "metrics.json")) as f:
+              _print_report(config, split, json.load(f), cached=True)
             continue
       if restored is None:
         restored = evaluator.restore(config, ckpt_dir, labelled.num_classes, data.k,
@@ -63,13 +65,17 @@ def run(config, workdir: str) -> None:
                                   out_dir, explainer, writer)
       if jax.process_index() == 0:
         evaluator.write_json(key_path, key)
-      fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
-      logging.info("eval %s step %d: top-1 %s | Many %s | Medium %s | Few %s | top-5 %s (%d "
-                   "examples)", split, report["step"], fmt(report["top1"]), fmt(report["many"]),
-                   fmt(report["medium"]), fmt(report["few"]), fmt(report["top5"]),
-                   report["num_examples"])
-      print(f"[eval {config.data.name}:{split}] top-1 {fmt(report['top1'])}  Many "
-            f"{fmt(report['many'])}  Medium {fmt(report['medium'])}  Few {fmt(report['few'])}"
-            + (f"  top-5 {fmt(report['top5'])}" if config.eval.top5 else ""), flush=True)
+      _print_report(config, split, report)
   finally:
     writer.close()
+
+
+def _print_report(config, split: str, report: dict, cached: bool = False) -> None:
+  fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
+  line = (f"[eval {config.data.name}:{split}] top-1 {fmt(report['top1'])}  Many "
+          f"{fmt(report['many'])}  Medium {fmt(report['medium'])}  Few {fmt(report['few'])}"
+          + (f"  top-5 {fmt(report['top5'])}" if config.eval.top5 else "")
+          + f"  ({report['num_examples']} examples, step {report['step']}"
+          + (", cached)" if cached else ")"))
+  logging.info("%s", line)
+  print(line, flush=True)
