@@ -171,7 +171,11 @@ def test_segmented_index_gives_the_same_neighbours(workdir, tmp_path):
   np.testing.assert_array_equal(whole.rows, parts.rows)
   np.testing.assert_array_equal(whole.sims, parts.sims)
   assert index_lib.is_current(wd, c)
-  c.index.segment_size = 20
+  c.index.exact.query_batch = 64  # a search-time setting: same index, neighbours to redo
+  assert index_lib.is_current(wd, c)
+  with pytest.raises(neighbors.NeighborsError, match="rerun the neighbors stage"):
+    api.load_neighbors(wd, c, "train")
+  c.index.segment_size = 20  # a build-time setting: the index is stale
   assert not index_lib.is_current(wd, c)
 
 

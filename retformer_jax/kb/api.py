@@ -66,7 +66,7 @@ def load_neighbors(workdir: str, config, split: str) -> Neighbors:
   manifest = layout.read_json(path)
   query = open_query_store(workdir, config, split)
   index_manifest = index_lib.read_manifest(workdir, config)
-  index_fp = index_manifest["fingerprint"]
+  index_fp = layout.fingerprint([index_manifest["fingerprint"], index_lib.search_params(config)])
   indexed = list(dict.fromkeys(s["source"] for s in index_manifest["segments"]))
   configured = [s.name for s in layout.kb_sources(config)]
   if indexed != configured:

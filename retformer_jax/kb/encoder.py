@@ -52,6 +52,11 @@ class Encoder:
       norm = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa
       return norm(img_bd.astype(jnp.float32)), norm(txt_bd.astype(jnp.float32))
 
+    def image_fn(params, pixels_bhwc):
+      img_bd = model.apply({"params": params}, pixels_bhwc, method=model.encode_image)
+      img_bd = img_bd.astype(jnp.float32)
+      return img_bd / jnp.maximum(jnp.linalg.norm(img_bd, axis=-1, keepdims=True), 1e-12)
+
     def text_fn(params, ids_bt, mask_bt):
       txt_bd = model.apply({"params": params}, ids_bt, mask_bt, method=model.encode_text)
       txt_bd = txt_bd.astype(jnp.float32)
@@ -61,6 +66,7 @@ class Encoder:
     # host NumPy arrays for a non-replicated sharding.
     self._rows = rows
     self._fn = jax.jit(fn, in_shardings=(rep, rows, rows, rows), out_shardings=(rows, rows))
+    self._image_fn = jax.jit(image_fn, in_shardings=(rep, rows), out_shardings=rows)
     self._text_fn = jax.jit(text_fn, in_shardings=(rep, rows, rows), out_shardings=rows)
     self.dim = None
 
@@ -98,6 +104,17 @@ class Encoder:
     img, txt = np.asarray(img)[:n], np.asarray(txt)[:n]
     self.dim = img.shape[1]
     return img, txt
+
+  def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
+    """Any number of uint8 [H, W, 3] images -> L2-normalised float32 [n, d]."""
+    b, out = self.batch_size, []
+    for i in range(0, len(images), b):
+      chunk = [self.preprocess_image(im) for im in images[i:i + b]]
+      px = np.zeros((b, *chunk[0].shape), np.float32)
+      px[:len(chunk)] = np.stack(chunk)
+      out.append(np.asarray(self._image_fn(self._params, jax.device_put(px, self._rows)))
+                 [:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, self.dim or 0), np.float32)
 
   def encode_texts(self, texts: list[str]) -> np.ndarray:
     """Any number of texts -> L2-normalised float32 [n, d] (e.g. class prompts)."""

@@ -45,10 +45,23 @@ def backend_class(name: str):
   raise ValueError(f"config.index.backend={name!r}; use one of 'faiss', 'scann', 'exact'.")
 
 
+# Settings read at search time only: changing them re-runs `neighbors`, not `index`.
+SEARCH_KEYS = ("ef_search", "nprobe", "mmap", "num_leaves_to_search", "approx", "recall_target",
+               "query_batch")
+
+
 def backend_params(config) -> dict:
+  """The backend and its build-time settings (what a segment's files depend on)."""
   name = config.index.backend
   backend_class(name)
-  return {"backend": name, "params": config.index[name].to_dict()}
+  params = {k: v for k, v in config.index[name].to_dict().items() if k not in SEARCH_KEYS}
+  return {"backend": name, "params": params}
+
+
+def search_params(config) -> dict:
+  name = config.index.backend
+  params = {k: v for k, v in config.index[name].to_dict().items() if k in SEARCH_KEYS}
+  return {"backend": name, "params": params, "rerank_depth": int(config.index.rerank_depth)}
 
 
 def plan(stores: list[store_lib.EmbeddingStore], params: dict, segment_size: int) -> list[dict]:
@@ -171,7 +184,8 @@ class KBIndex:
       self.segments.append((seg["offset"], loaded, vectors))
     self.encoder = self.manifest["encoder"]
     self.size = int(self.manifest["count"])
-    self.fingerprint = self.manifest["fingerprint"]
+    # What a search returns depends on the segments and on the search-time settings.
+    self.fingerprint = layout.fingerprint([self.manifest["fingerprint"], search_params(config)])
 
   def search(self, q_md: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     sims, rows = [], []

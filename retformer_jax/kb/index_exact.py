@@ -115,7 +115,3 @@ class ExactIndex:
     index = cls(dim, cfg)
     index.build(vectors)
     return index
-
-  def bytes_per_vector(self, folder: str) -> float:
-    return 4.0 * self.dim  # float32 rows on device
-

@@ -102,6 +102,3 @@ class FaissIndex:
     if index.d != dim:
       raise ValueError(f"{folder}: faiss index has dim {index.d}, the store has {dim}.")
     return cls(dim, cfg, index=index)
-
-  def bytes_per_vector(self, folder: str) -> float:
-    return os.path.getsize(os.path.join(folder, FILE)) / max(self.ntotal, 1)

@@ -72,8 +72,10 @@ class ScannIndex:
     if k_eff == 0 or m == 0:
       return sims, ids
     kw = {"final_num_neighbors": k_eff}
-    if self.ntotal >= _MIN_TREE and int(self.cfg.reorder_k) > 0:
-      kw["pre_reorder_num_neighbors"] = max(k_eff, int(self.cfg.reorder_k))
+    if self.ntotal >= _MIN_TREE:
+      kw["leaves_to_search"] = self._leaves(self.ntotal)[1]
+      if int(self.cfg.reorder_k) > 0:
+        kw["pre_reorder_num_neighbors"] = max(k_eff, int(self.cfg.reorder_k))
     q = np.ascontiguousarray(q_md, np.float32)
     fn = self.searcher.search_batched_parallel if m >= 256 else self.searcher.search_batched
     got_ids, got_sims = fn(q, **kw)
@@ -97,9 +99,3 @@ class ScannIndex:
 
     searcher = scann.scann_ops_pybind.load_searcher(os.path.join(folder, "scann"))
     return cls(dim, cfg, searcher=searcher, vectors=vectors)
-
-  def bytes_per_vector(self, folder: str) -> float:
-    root = os.path.join(folder, "scann")
-    size = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root))
-    # The serialized searcher keeps the float32 dataset for reordering; it is counted.
-    return size / max(self.ntotal, 1)

@@ -29,49 +29,17 @@ class Encoder(Protocol):
 
 
 class ClipEncoder:
-  """Frozen Flax CLIP from a HF folder, jitted per fixed batch size (the last batch padded)."""
+  """The frozen CLIP of the KB stages (`kb/encoder.py`) seen through the `Encoder` protocol."""
 
-  def __init__(self, folder: str, *, dtype: str = "float32", batch_size: int = 64,
-               max_text_length: int = 77):
-    import jax
-
-    from retformer_jax.convert import hf
-    from retformer_jax.data import clip_preprocess
-
-    if not os.path.isdir(folder):
-      raise FileNotFoundError(f"CLIP folder {folder!r} not found; set --config.clip.path to a "
-                              "HuggingFace CLIP folder (or '' for the embedded demo CLIP).")
-    self.model, self.params = hf.load_clip(folder, dtype=dtype)
-    self.pre = clip_preprocess.ClipPreprocessor.from_folder(folder, max_length=max_text_length)
-    self.batch_size = batch_size
-    self.identity = f"clip:{os.path.abspath(folder)}:{folder_stamp(folder)}:{dtype}"
-    model = self.model
-    self._image_fn = jax.jit(
-        lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
-    self._text_fn = jax.jit(
-        lambda p, ids, mask: model.apply({"params": p}, ids, mask, method=model.encode_text))
+  def __init__(self, encoder, dtype: str):
+    self._encoder = encoder
+    self.identity = f"clip:{encoder.info['id']}:{encoder.info['weights_sha256'][:16]}:{dtype}"
 
   def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-    out = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = list(images[start:start + self.batch_size])
-      pixels = np.asarray(self.pre.images(chunk), np.float32)
-      n = len(chunk)
-      pixels = np.pad(pixels, ((0, self.batch_size - n),) + ((0, 0),) * (pixels.ndim - 1))
-      out.append(np.asarray(self._image_fn(self.params, pixels), np.float32)[:n])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return self._encoder.encode_images(list(images))
 
   def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-    out = []
-    for start in range(0, len(texts), self.batch_size):
-      chunk = list(texts[start:start + self.batch_size])
-      ids, mask = self.pre.texts(chunk)
-      ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
-      n = len(chunk)
-      ids = np.pad(ids, ((0, self.batch_size - n), (0, 0)))
-      mask = np.pad(mask, ((0, self.batch_size - n), (0, 0)), constant_values=1)
-      out.append(np.asarray(self._text_fn(self.params, ids, mask), np.float32)[:n])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return self._encoder.encode_texts(list(texts))
 
 
 def folder_stamp(folder: str) -> str:

@@ -18,16 +18,6 @@ from retformer_jax.retllm import coarse
 from retformer_jax.retllm import pipeline
 
 
-def clip_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """The CLIP weights folder: config.clip.path, or the demo CLIP built in the workdir."""
-  from retformer_jax.kb import encoder as encoder_lib
-  from retformer_jax.kb import hosts
-
-  encoder_lib.ensure_demo_clip(config, workdir)
-  hosts.barrier("retllm-demo-clip")
-  return encoder_lib.clip_folder(config, workdir)
-
-
 def qwen_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The MLLM folder: config.retllm.model_path, or the tiny random model built in the workdir."""
   rc = config.retllm
@@ -74,9 +64,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   data = caption_sets.load(rc, config.data.demo)
   logging.info("retllm: %s, %d images, %d captions, K=%d", data.name, data.num_images,
                data.num_captions, rc.top_k)
-  encoder = coarse.ClipEncoder(clip_folder(config, workdir), dtype=config.clip.dtype,
-                               batch_size=config.clip.batch_size,
-                               max_text_length=config.clip.max_text_length)
+  from retformer_jax.kb import encoder as encoder_lib
+  from retformer_jax.kb import hosts
+
+  encoder_lib.ensure_demo_clip(config, workdir)  # when config.clip.path is ""
+  hosts.barrier("retllm-demo-clip")
+  encoder = coarse.ClipEncoder(encoder_lib.load_encoder(config, workdir), config.clip.dtype)
   model_path = qwen_folder(config, workdir)
   kwargs = scorer_kwargs(rc)
 
