@@ -88,7 +88,9 @@ def _parse_flags(argv):
 
 
 def run() -> None:
-  pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.ERROR)
+  # Libraries that log their own probing at INFO (faiss tries AVX-512/AVX2 builds first).
+  for name in ("jax._src.xla_bridge", "faiss.loader"):
+    pylogging.getLogger(name).setLevel(pylogging.WARNING)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -7,13 +7,12 @@ no projection bias, `logit_scale` present, sometimes `position_ids` buffers, whi
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 
+from retformer_jax import atomic_io
 from retformer_jax.convert import mapping, safetensors_io
 from retformer_jax.convert.mapping import Conv, Linear, Reshape, WeightImportError
 from retformer_jax.models.clip import CLIP, abstract_params
@@ -95,21 +94,7 @@ def save_clip(model: CLIP, params, folder: str) -> None:
   tensors = mapping.export_params(params, rule_table(model.config.scan_layers))
   safetensors_io.save_file(tensors, os.path.join(folder, "model.safetensors"),
                            metadata={"format": "pt"})
-  write_json_atomic(model.config.to_hf_dict(), os.path.join(folder, "config.json"))
-
-
-def write_json_atomic(obj, path: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_",
-                             suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  atomic_io.write_json(os.path.join(folder, "config.json"), model.config.to_hf_dict(), indent=2)
 
 
 __all__ = ["load_clip", "save_clip", "rule_table", "WeightImportError"]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from typing import Mapping
 
 import ml_dtypes
 import numpy as np
+
+from retformer_jax import atomic_io
 
 _DTYPES = {
     "F64": np.dtype(np.float64),
@@ -155,18 +156,9 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str,
     arrays.append(a)
   raw = json.dumps(header, separators=(",", ":")).encode()
   raw += b" " * (-len(raw) % 8)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".safetensors")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(struct.pack("<Q", len(raw)))
-      f.write(raw)
-      for a in arrays:
-        f.write(a.tobytes())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_io.replacing(path) as f:
+    f.write(struct.pack("<Q", len(raw)))
+    f.write(raw)
+    for a in arrays:
+      f.write(a.tobytes())
 

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import threading
-import uuid
 from typing import Callable, Sequence
 
 from absl import logging
@@ -24,6 +23,8 @@ from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+
+from retformer_jax import atomic_io
 
 _SCAN_CHUNK = 2048
 
@@ -140,11 +141,7 @@ class PreparedDataset:
     if os.path.exists(path):
       return np.load(path)
     array = np.asarray(compute())
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # unique even across hosts sharing the cache dir
-    with open(tmp, "wb") as f:
-      np.save(f, array)
-    os.replace(tmp, path)
+    atomic_io.save_npy(path, array)  # unique temporary name, even across hosts
     return array
 
   def labels(self, split: str, data_config, field: str = "label") -> np.ndarray:

@@ -8,7 +8,6 @@ same scalars to WORKDIR/eval/metrics.jsonl and TensorBoard events. Process 0 wri
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from retformer_jax import atomic_io
 from retformer_jax.data import base
 from retformer_jax.evaluation import metrics as metrics_lib
 from retformer_jax.evaluation import plots
@@ -58,13 +58,6 @@ def restore(config, ckpt_dir: str, num_classes: int, k: int, dim: int,
   return Restored(mesh, rules, model, params, jax.tree.map(lambda t: t.sharding, target), step)
 
 
-def write_json(path: str, obj: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 def _pick_explained(labels, buckets_c, n: int) -> np.ndarray:
   """Up to n examples of distinct classes, taking Few, Medium and Many classes in turn."""
   labels = np.asarray(labels)
@@ -100,7 +93,7 @@ def evaluate(config, r: Restored, split: str, data: input_pipeline.QuerySet,
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     np.save(os.path.join(out_dir, "predictions.npy"), top)
-    write_json(os.path.join(out_dir, "metrics.json"), report)
+    atomic_io.write_json(os.path.join(out_dir, "metrics.json"), report, indent=2)
     labels = np.asarray(data.labels)
     keep = labels >= 0
     acc_c = metrics_lib.per_class_accuracy(top[keep, 0], labels[keep], num_classes)

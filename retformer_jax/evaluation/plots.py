@@ -4,11 +4,12 @@ sheet (query image, its neighbours' captions, labels, similarities and attention
 
 from __future__ import annotations
 
-import os
 import textwrap
 from typing import Sequence
 
 import numpy as np
+
+from retformer_jax import atomic_io
 
 _BUCKET_COLOURS = ("tab:blue", "tab:orange", "tab:red")
 _BUCKET_NAMES = ("Many", "Medium", "Few")
@@ -24,9 +25,8 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  os.replace(tmp, path)
+  with atomic_io.replacing(path) as f:
+    fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
 def per_class_accuracy(path: str, accuracy_c: np.ndarray, train_counts: np.ndarray,

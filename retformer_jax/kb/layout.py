@@ -22,7 +22,8 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+
+from retformer_jax import atomic_io
 
 KINDS = ("labelled", "tfds", "wds", "clipret")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")
@@ -138,18 +139,7 @@ def fingerprint(obj) -> str:
 
 def write_json(path: str, obj) -> None:
   """Atomic JSON write: readers see the old file or the new one, never a half."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  atomic_io.write_json(path, obj)
 
 
 def read_json(path: str):
@@ -159,17 +149,4 @@ def read_json(path: str):
 
 def save_npy(path: str, array) -> None:
   """Atomic .npy write (tmp file in the same directory, then rename)."""
-  import numpy as np
-
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npy")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, np.ascontiguousarray(array))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  atomic_io.save_npy(path, array)

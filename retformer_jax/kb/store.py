@@ -22,6 +22,7 @@ import tempfile
 
 import numpy as np
 
+from retformer_jax import atomic_io
 from retformer_jax.kb import layout
 
 FORMAT = "retformer-store-v1"
@@ -73,21 +74,12 @@ def write_shard(store_dir: str, shard: int, data: ShardData) -> None:
   path = shard_path(store_dir, shard)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   blob = "\x00".join(data.captions).encode("utf-8")
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, image=data.image.astype(np.float16), text=data.text.astype(np.float16),
-               ids=data.ids.astype(np.int64), labels=data.labels.astype(np.int64),
-               source_index=data.source_index.astype(np.int64),
-               captions=np.frombuffer(blob, np.uint8), num_captions=len(data.captions),
-               skipped=np.frombuffer(json.dumps(data.skipped).encode(), np.uint8))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic_io.replacing(path) as f:
+    np.savez(f, image=data.image.astype(np.float16), text=data.text.astype(np.float16),
+             ids=data.ids.astype(np.int64), labels=data.labels.astype(np.int64),
+             source_index=data.source_index.astype(np.int64),
+             captions=np.frombuffer(blob, np.uint8), num_captions=len(data.captions),
+             skipped=np.frombuffer(json.dumps(data.skipped).encode(), np.uint8))
 
 
 def read_shard(store_dir: str, shard: int) -> ShardData:

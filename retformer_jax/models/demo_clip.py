@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Sequence
 
 import numpy as np
 from flax import traverse_util
 
-from retformer_jax.convert.clip_import import save_clip, write_json_atomic
+from retformer_jax import atomic_io
+from retformer_jax.convert.clip_import import save_clip
 from retformer_jax.models.clip import CLIP, abstract_params
 from retformer_jax.models.clip_config import ClipConfig, TextConfig, VisionConfig
 
@@ -101,20 +100,20 @@ def _write(folder: str, corpus, image_size: int, seed: int, kw: dict, spec: dict
   model = CLIP(config)
   save_clip(model, random_params(model, seed), folder)
   tok.save(os.path.join(folder, "tokenizer.json"))
-  write_json_atomic({
+  atomic_io.write_json(os.path.join(folder, "tokenizer_config.json"), {
       "tokenizer_class": "PreTrainedTokenizerFast",
       "bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK,
       "model_max_length": config.text.max_position_embeddings,
-  }, os.path.join(folder, "tokenizer_config.json"))
-  write_json_atomic({
+  })
+  atomic_io.write_json(os.path.join(folder, "preprocessor_config.json"), {
       "image_processor_type": "CLIPImageProcessor",
       "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,
       "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
       "do_rescale": True, "rescale_factor": 1 / 255,
       "do_normalize": True, "image_mean": list(MEAN), "image_std": list(STD),
       "do_convert_rgb": True,
-  }, os.path.join(folder, "preprocessor_config.json"))
-  write_json_atomic(spec, os.path.join(folder, "demo_clip.json"))
+  })
+  atomic_io.write_json(os.path.join(folder, "demo_clip.json"), spec)
 
 
 def build_demo_clip(folder: str, corpus: Sequence[str], *, image_size: int = 32, seed: int = 0,
@@ -129,23 +128,6 @@ def build_demo_clip(folder: str, corpus: Sequence[str], *, image_size: int = 32,
     raise ValueError("build_demo_clip needs a non-empty text corpus for its tokenizer.")
   kw = dict(width=width, layers=layers, patch_size=patch_size)
   spec = _spec(list(corpus), image_size, seed, kw)
-  folder = os.path.abspath(folder)
-  if _is_complete(folder, spec):
-    return folder
-  parent = os.path.dirname(folder)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp_demo_clip_")
-  try:
-    _write(tmp, list(corpus), image_size, seed, kw, spec)
-    if os.path.exists(folder):  # stale or incomplete: set it aside, then drop it
-      old = tempfile.mkdtemp(dir=parent, prefix=".old_demo_clip_")
-      os.replace(folder, os.path.join(old, "clip"))
-      shutil.rmtree(old, ignore_errors=True)
-    try:
-      os.replace(tmp, folder)
-    except OSError:
-      if not _is_complete(folder, spec):  # another process won the race with the same inputs
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return folder
+  return atomic_io.build_folder(
+      folder, lambda f: _is_complete(f, spec),
+      lambda tmp: _write(tmp, list(corpus), image_size, seed, kw, spec))

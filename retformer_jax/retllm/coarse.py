@@ -14,6 +14,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from retformer_jax import atomic_io
 from retformer_jax.retllm import caption_sets
 from retformer_jax.retllm import similarity
 
@@ -51,13 +52,6 @@ def folder_stamp(folder: str) -> str:
   return h.hexdigest()[:16]
 
 
-def _save_npy_atomic(path: str, array: np.ndarray) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.save(f, array)
-  os.replace(tmp, path)
-
-
 @dataclasses.dataclass(frozen=True)
 class Candidates:
   """CLIP lists, best first: t2i [num_captions, L] image ids, i2t [num_images, L] caption ids."""
@@ -82,8 +76,8 @@ def embed(encoder: Encoder, data: caption_sets.CaptionSet, cache_dir: str,
     img.append(encoder.embed_images([data.image(i) for i in idx]))
   img = np.concatenate(img).astype(np.float32)
   txt = encoder.embed_texts(list(data.captions)).astype(np.float32)
-  _save_npy_atomic(img_path, img)
-  _save_npy_atomic(txt_path, txt)
+  atomic_io.save_npy(img_path, img)
+  atomic_io.save_npy(txt_path, txt)
   return img, txt
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Sequence
+
+from retformer_jax import atomic_io
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
          "preprocessor_config.json", "demo_qwen.json")
@@ -69,7 +69,6 @@ def _write(folder: str, corpus: Sequence[str], min_pixels: int, max_pixels: int,
   import flax.linen as nn
   import jax
 
-  from retformer_jax.convert import clip_import
   from retformer_jax.convert import qwen_import
   from retformer_jax.convert import safetensors_io
   from retformer_jax.models.qwen2_5_vl import QwenVL
@@ -90,8 +89,8 @@ def _write(folder: str, corpus: Sequence[str], min_pixels: int, max_pixels: int,
       v["patch_size"])
   safetensors_io.save_file(tensors, os.path.join(folder, "model.safetensors"),
                            metadata={"format": "pt"})
-  clip_import.write_json_atomic(config, os.path.join(folder, "config.json"))
-  clip_import.write_json_atomic(spec, os.path.join(folder, "demo_qwen.json"))
+  atomic_io.write_json(os.path.join(folder, "config.json"), config)
+  atomic_io.write_json(os.path.join(folder, "demo_qwen.json"), spec)
 
 
 def build_demo_qwen(folder: str, corpus: Sequence[str], *, min_pixels: int, max_pixels: int,
@@ -104,23 +103,6 @@ def build_demo_qwen(folder: str, corpus: Sequence[str], *, min_pixels: int, max_
   if not corpus:
     raise ValueError("build_demo_qwen needs a non-empty text corpus for its tokenizer.")
   spec = _spec(list(corpus), min_pixels, max_pixels, seed)
-  folder = os.path.abspath(folder)
-  if _is_complete(folder, spec):
-    return folder
-  parent = os.path.dirname(folder)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp_demo_qwen_")
-  try:
-    _write(tmp, list(corpus), min_pixels, max_pixels, seed, spec)
-    if os.path.exists(folder):  # stale or incomplete: set it aside, then drop it
-      old = tempfile.mkdtemp(dir=parent, prefix=".old_demo_qwen_")
-      os.replace(folder, os.path.join(old, "qwen"))
-      shutil.rmtree(old, ignore_errors=True)
-    try:
-      os.replace(tmp, folder)
-    except OSError:
-      if not _is_complete(folder, spec):  # another process won the race with the same inputs
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return folder
+  return atomic_io.build_folder(
+      folder, lambda f: _is_complete(f, spec),
+      lambda tmp: _write(tmp, list(corpus), min_pixels, max_pixels, seed, spec))

@@ -19,6 +19,7 @@ from typing import Callable, Protocol, Sequence
 from absl import logging
 import numpy as np
 
+from retformer_jax import atomic_io
 from retformer_jax.retllm import caption_sets
 from retformer_jax.retllm import coarse
 from retformer_jax.retllm import ranking
@@ -40,19 +41,6 @@ class Settings:
   chunk_size: int = 32  # queries per result file
   num_queries: int = 0  # first N queries per direction (0 = all)
   scorer_identity: str = ""  # everything the scores depend on (model, injection, flooring...)
-
-
-def _atomic_savez(path: str, **arrays) -> None:
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _atomic_json(obj, path: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _score_chunk(scorer: Scorer, direction: str, data: caption_sets.CaptionSet,
@@ -110,7 +98,7 @@ def _score_direction(direction: str, data: caption_sets.CaptionSet, cands: np.nd
       raise RuntimeError(f"{path} holds other queries or candidates than this run; "
                          f"remove {out_dir} to rescore.")
     p, e = _score_chunk(get_scorer(), direction, data, q_chunk, cands[q_chunk, :k])
-    _atomic_savez(path, queries=q_chunk, candidates=cands[q_chunk, :k], p_true=p, entropy=e)
+    atomic_io.save_npz(path, queries=q_chunk, candidates=cands[q_chunk, :k], p_true=p, entropy=e)
     p_all.append(p)
     e_all.append(e)
     scored += len(q_chunk)
@@ -164,12 +152,12 @@ def run(data: caption_sets.CaptionSet, encoder: coarse.Encoder,
       clip_t2i=ranking.text_to_image_recall(clip_t2i, q_t2i, ci, RECALL_KS),
       clip_i2t=ranking.image_to_text_recall(clip_i2t, q_i2t, ci, RECALL_KS))
   if write:
-    _atomic_savez(os.path.join(score_dir, "ranked.npz"), t2i_queries=q_t2i, t2i=new_t2i,
-                  t2i_clip=clip_t2i, i2t_queries=q_i2t, i2t=new_i2t, i2t_clip=clip_i2t)
-    _atomic_json({"dataset": data.name, "num_images": data.num_images,
-                  "num_captions": data.num_captions, "t2i_queries": len(q_t2i),
-                  "i2t_queries": len(q_i2t), "top_k": k, "scores": score_dir,
-                  **metrics}, os.path.join(out_dir, "metrics.json"))
+    atomic_io.save_npz(os.path.join(score_dir, "ranked.npz"), t2i_queries=q_t2i, t2i=new_t2i,
+                       t2i_clip=clip_t2i, i2t_queries=q_i2t, i2t=new_i2t, i2t_clip=clip_i2t)
+    atomic_io.write_json(os.path.join(out_dir, "metrics.json"), {
+        "dataset": data.name, "num_images": data.num_images, "num_captions": data.num_captions,
+        "t2i_queries": len(q_t2i), "i2t_queries": len(q_i2t), "top_k": k, "scores": score_dir,
+        **metrics}, indent=2)
   return metrics
 
 

@@ -11,6 +11,8 @@ import json
 import os
 from typing import Sequence
 
+from retformer_jax import atomic_io
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
@@ -37,13 +39,6 @@ PROMPT_CORPUS = (
     "Does the caption match the image", "Picture Video")
 
 
-def _write_json(obj, path: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 def write_tokenizer(folder: str, corpus: Sequence[str], *, vocab_size: int = 512) -> int:
   """Trains a byte-level BPE on corpus + prompts; writes tokenizer files; returns vocab size."""
   from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -66,17 +61,14 @@ def write_tokenizer(folder: str, corpus: Sequence[str], *, vocab_size: int = 512
 
   tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
   os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f"tokenizer.json.tmp{os.getpid()}")
-  tok.save(tmp)
-  os.replace(tmp, os.path.join(folder, "tokenizer.json"))
-  _write_json({
+  atomic_io.write_text(os.path.join(folder, "tokenizer.json"), tok.to_str())
+  atomic_io.write_json(os.path.join(folder, "tokenizer_config.json"), {
       "tokenizer_class": "Qwen2Tokenizer", "model_max_length": 32768,
       "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
       "bos_token": None, "errors": "replace", "add_prefix_space": False,
       "clean_up_tokenization_spaces": False, "split_special_tokens": False,
-      "chat_template": CHAT_TEMPLATE}, os.path.join(folder, "tokenizer_config.json"))
-  with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
-    f.write(CHAT_TEMPLATE)
+      "chat_template": CHAT_TEMPLATE}, indent=2)
+  atomic_io.write_text(os.path.join(folder, "chat_template.jinja"), CHAT_TEMPLATE)
   for word in ("True", "False"):
     ids = tok.encode(word, add_special_tokens=False).ids
     if len(ids) != 1:
@@ -96,7 +88,7 @@ def write_image_processor(folder: str, *, min_pixels: int, max_pixels: int,
                           patch_size: int = 14, merge_size: int = 2,
                           temporal_patch_size: int = 2) -> None:
   """preprocessor_config.json of a Qwen2.5-VL image processor (CLIP mean / std)."""
-  _write_json({
+  atomic_io.write_json(os.path.join(folder, "preprocessor_config.json"), {
       "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
       "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
       "do_convert_rgb": True, "resample": 3,
@@ -105,4 +97,4 @@ def write_image_processor(folder: str, *, min_pixels: int, max_pixels: int,
       "min_pixels": int(min_pixels), "max_pixels": int(max_pixels),
       "size": {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)},
       "patch_size": patch_size, "temporal_patch_size": temporal_patch_size,
-      "merge_size": merge_size}, os.path.join(folder, "preprocessor_config.json"))
+      "merge_size": merge_size}, indent=2)

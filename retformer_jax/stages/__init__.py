@@ -7,7 +7,7 @@ typo in `config.stages` fails before any work starts.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Protocol
+from typing import Protocol
 
 import ml_collections
 

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from retformer_jax import atomic_io
 from retformer_jax.data import registry
 from retformer_jax.evaluation import evaluator
 from retformer_jax.train import checkpointing, from_kb
@@ -64,7 +65,7 @@ def run(config, workdir: str) -> None:
       report = evaluator.evaluate(config, restored, split, data, counts, labelled.class_names,
                                   out_dir, explainer, writer)
       if jax.process_index() == 0:
-        evaluator.write_json(key_path, key)
+        atomic_io.write_json(key_path, key)
       _print_report(config, split, report)
   finally:
     writer.close()

@@ -14,6 +14,7 @@ import os
 import jax
 import numpy as np
 
+from retformer_jax import atomic_io
 from retformer_jax.data import registry
 from retformer_jax.evaluation import metrics
 from retformer_jax.kb import embed, encoder as encoder_lib, hosts, layout, sources, store
@@ -63,7 +64,7 @@ def run(config, workdir: str) -> None:
                                      many_above=config.eval.many_above,
                                      few_below=config.eval.few_below, with_top5=config.eval.top5)
     if jax.process_index() == 0:
-      layout.write_json(os.path.join(workdir, "zeroshot", split, "metrics.json"), report)
+      atomic_io.write_json(os.path.join(workdir, "zeroshot", split, "metrics.json"), report)
     print(format_report(f"CLIP zero-shot, {config.data.name}:{split}", report), flush=True)
 
 

@@ -8,6 +8,8 @@ import os
 
 import jax
 
+from retformer_jax import atomic_io
+
 
 class MetricWriter:
   def __init__(self, logdir: str, jsonl_name: str = "metrics.jsonl"):
@@ -26,10 +28,7 @@ class MetricWriter:
       return
     with open(self.path) as f:
       lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(lines)
-    os.replace(tmp, self.path)
+    atomic_io.write_text(self.path, "".join(lines))
 
   def write(self, step: int, scalars: dict, prefix: str = "") -> None:
     if not self._active:
