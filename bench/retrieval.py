@@ -81,11 +81,11 @@ def backends(n: int, args) -> dict:
   scann.num_leaves = int(args.scann_leaves_factor * np.sqrt(n))
   scann.num_leaves_to_search = max(1, int(scann.num_leaves * args.scann_search))
   scann.training_sample_size = min(n, 100_000)
-  scann.reorder_k = args.reorder
+  scann.reorder_k = args.scann_reorder
   codes = scann.copy_and_resolve_references()
   codes.reorder_k = 0  # 4-bit codes only in RAM; re-scored from the fp16 store
-  return {"scann": ("scann", scann, 0), "scann_codes": ("scann", codes, args.reorder),
-          "faiss_ivfpq": ("faiss", ivfpq, args.reorder), "faiss_hnsw": ("faiss", hnsw, 0)}
+  return {"scann": ("scann", scann, 0), "scann_codes": ("scann", codes, args.rerank),
+          "faiss_ivfpq": ("faiss", ivfpq, args.rerank), "faiss_hnsw": ("faiss", hnsw, 0)}
 
 
 def run_size(n: int, args, tmp: str) -> dict:
@@ -158,9 +158,10 @@ def main() -> None:
   p.add_argument("--pq_m", type=int, default=128, help="PQ sub-quantizers (4 bits each)")
   p.add_argument("--nprobe", type=int, default=16)
   p.add_argument("--nlist_factor", type=float, default=2.0, help="IVF lists = factor * sqrt(N)")
-  p.add_argument("--reorder", type=int, default=256)
+  p.add_argument("--scann_reorder", type=int, default=128, help="ScaNN in-index reorder")
+  p.add_argument("--rerank", type=int, default=256, help="re-scoring depth from the store")
   p.add_argument("--scann_leaves_factor", type=float, default=1.0, help="leaves = f * sqrt(N)")
-  p.add_argument("--scann_search", type=float, default=0.1, help="fraction of leaves searched")
+  p.add_argument("--scann_search", type=float, default=0.05, help="fraction of leaves searched")
   p.add_argument("--backends", default="", help="comma list; empty = all")
   p.add_argument("--cache", default="", help="dir keeping the exact answers between runs")
   args = p.parse_args()

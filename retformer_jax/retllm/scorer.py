@@ -246,7 +246,7 @@ class PairScorer:
       fn = _extend_fn(self.model, self.injection, self.split, self.prompter.true_id, *key)
     if self.mesh is None:
       return fn(*args)
-    with self.mesh, nn.logical_axis_rules(self.axis_rules):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
       return fn(*args)
 
 
