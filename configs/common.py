@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.clip.path = ""
   c.clip.dtype = "float32"  # compute dtype: "bfloat16" on TPU/GPU
   c.clip.scan_layers = True
-  c.clip.batch_size = 256  # global batch for embedding
+  c.clip.batch_size = 256  # per-process embedding batch (embed.batch_size=0 uses this)
   c.clip.prompt = "a photo of a {name}."
   c.clip.max_text_length = 77
 
