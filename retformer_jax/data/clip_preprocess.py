@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from retformer_jax.data import rgb
+
 # transformers' CLIPImageProcessorPil defaults (used when preprocessor_config.json omits a key).
 _DEFAULTS = {
     "do_resize": True, "size": {"shortest_edge": 224}, "resample": 3,
@@ -83,7 +85,8 @@ class ImageTransform:
 
   def __call__(self, image) -> np.ndarray:
     """One image (uint8 HWC / HW array or PIL image) -> float32 [H, W, 3]."""
-    x = _to_rgb_uint8(image) if self.do_convert_rgb else np.asarray(image)
+    x = (rgb.to_rgb_uint8(image, "CLIP preprocessing") if self.do_convert_rgb
+         else np.asarray(image))
     if self.do_resize:
       h, w = self._resize_hw(*x.shape[:2])
       x = np.asarray(Image.fromarray(x).resize((w, h), resample=Image.Resampling(self.resample)))
@@ -97,29 +100,6 @@ class ImageTransform:
       x = x.astype(np.float32) if not np.issubdtype(x.dtype, np.floating) else x
       x = (x - np.asarray(self.image_mean, x.dtype)) / np.asarray(self.image_std, x.dtype)
     return np.asarray(x, np.float32)
-
-
-def _to_rgb_uint8(image) -> np.ndarray:
-  """RGB uint8 HWC; alpha is composited onto white, grey is repeated (as transformers does)."""
-  if isinstance(image, Image.Image):
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-      rgba = image.convert("RGBA")
-      white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-      return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
-  x = np.asarray(image)
-  if x.dtype != np.uint8:
-    raise ValueError(f"CLIP preprocessing takes uint8 images (or PIL images); got dtype {x.dtype}.")
-  if x.ndim == 2:
-    x = x[..., None]
-  if x.ndim != 3 or x.shape[-1] not in (1, 3, 4):
-    raise ValueError(f"CLIP preprocessing takes images [H, W], [H, W, 1|3|4]; got {x.shape}.")
-  if x.shape[-1] == 1:
-    return np.repeat(x, 3, axis=-1)
-  if x.shape[-1] == 4:
-    alpha = x[..., 3:4] / 255
-    return np.round(alpha * x[..., :3] + (1 - alpha) * 255).astype(np.uint8)
-  return x
 
 
 def _center_crop(x_hwc: np.ndarray, ch: int, cw: int) -> np.ndarray:

@@ -22,6 +22,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from retformer_jax.data import rgb
+
 MATCH_PROMPT = "Does the image match the caption: <{caption}>? Please directly output True or False"
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -43,29 +45,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int,
     h = math.ceil(height * beta / factor) * factor
     w = math.ceil(width * beta / factor) * factor
   return h, w
-
-
-def to_rgb_uint8(image) -> np.ndarray:
-  """uint8 [H, W, 3] from a PIL image or a uint8 [H, W], [H, W, 1|3|4] array; transparency is
-  composited onto white, as transformers does."""
-  if isinstance(image, Image.Image):
-    if image.mode == "RGB":
-      return np.asarray(image)
-    rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-  x = np.asarray(image)
-  if x.dtype != np.uint8:
-    raise ValueError(f"Qwen image preprocessing takes uint8 images or PIL images; got {x.dtype}.")
-  if x.ndim == 2:
-    x = x[..., None]
-  if x.ndim != 3 or x.shape[-1] not in (1, 3, 4):
-    raise ValueError(f"Qwen image preprocessing takes [H, W] or [H, W, 1|3|4]; got {x.shape}.")
-  if x.shape[-1] == 1:
-    return np.repeat(x, 3, axis=-1)
-  if x.shape[-1] == 4:
-    return to_rgb_uint8(Image.fromarray(x, "RGBA"))
-  return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +91,7 @@ class QwenImageProcessor:
 
   def __call__(self, image) -> tuple[np.ndarray, np.ndarray]:
     """One image -> (patches float32 [N, 3*T*P*P], grid_thw int64 [3])."""
-    x = to_rgb_uint8(image)
+    x = rgb.to_rgb_uint8(image, "Qwen image preprocessing")
     if self.pre_resize:
       h, w = smart_resize(x.shape[0], x.shape[1], 28, 4 * 28 * 28, 16384 * 28 * 28)
       x = np.asarray(Image.fromarray(x).resize((w, h), resample=Image.Resampling.BICUBIC))
