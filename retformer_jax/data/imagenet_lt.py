@@ -6,8 +6,6 @@ ILSVRC-2012 validation set). TFDS prepares it from a manual download of the ILSV
 
 from __future__ import annotations
 
-import numpy as np
-
 from retformer_jax.data import base
 from retformer_jax.data import lt_lists
 from retformer_jax.data import tfds_source
@@ -30,9 +28,4 @@ def imagenet_class_names(wnids: list[str] | None = None) -> list[str]:
 def load(data_config) -> base.LabelledSplits:
   dataset = tfds_source.open_prepared(TFDS_NAME, data_config.tfds_data_dir, PREPARE)
   names = imagenet_class_names(dataset.class_names())
-  splits = {ours: tfds_source.TfdsSplit(dataset, theirs,
-                                        labels=dataset.labels(theirs, data_config))
-            for ours, theirs in _SPLITS.items()}
-  counts = np.bincount(splits["train"].labels, minlength=len(names)).astype(np.int64)
-  return base.LabelledSplits(name="imagenet_lt", class_names=names, train_counts=counts,
-                             splits=splits)
+  return tfds_source.labelled_splits("imagenet_lt", dataset, _SPLITS, names, data_config)

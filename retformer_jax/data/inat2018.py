@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from retformer_jax.data import base
 from retformer_jax.data import tfds_source
 
@@ -16,10 +14,5 @@ _SPLITS = {"train": "train", "test": "validation"}
 
 def load(data_config) -> base.LabelledSplits:
   dataset = tfds_source.open_prepared(TFDS_NAME, data_config.tfds_data_dir, PREPARE)
-  names = dataset.class_names()
-  splits = {ours: tfds_source.TfdsSplit(dataset, theirs,
-                                        labels=dataset.labels(theirs, data_config))
-            for ours, theirs in _SPLITS.items()}
-  counts = np.bincount(splits["train"].labels, minlength=len(names)).astype(np.int64)
-  return base.LabelledSplits(name="inat2018", class_names=names, train_counts=counts,
-                             splits=splits)
+  return tfds_source.labelled_splits("inat2018", dataset, _SPLITS, dataset.class_names(),
+                                     data_config)

@@ -25,6 +25,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from retformer_jax import atomic_io
+from retformer_jax.data import base
 
 _SCAN_CHUNK = 2048
 
@@ -196,3 +197,13 @@ class TfdsSplit:
       text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
     return {"image": decode_image(record[self._image_field]), "label": int(self._labels[index]),
             "text": text, "id": index}
+
+
+def labelled_splits(name: str, dataset: PreparedDataset, split_map: dict[str, str],
+                    class_names: Sequence[str], data_config) -> base.LabelledSplits:
+  """Our splits (keys of `split_map`) over the TFDS splits it names, with training counts."""
+  splits = {ours: TfdsSplit(dataset, theirs, labels=dataset.labels(theirs, data_config))
+            for ours, theirs in split_map.items()}
+  counts = np.bincount(splits["train"].labels, minlength=len(class_names)).astype(np.int64)
+  return base.LabelledSplits(name=name, class_names=list(class_names), train_counts=counts,
+                             splits=splits)
