@@ -80,8 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.num_explained = 8  # predictions drawn in the explanation sheet
 
   # Knowledge base: a named list of sources (see retformer_jax/kb/layout.py). Entries:
-  # "downstream" (the training split of config.data), "<dataset>:<split>", "[name=]wds:<dir>"
-  # (webdataset / img2dataset tars), "[name=]clipret:<dir>" (clip-retrieval embeddings).
+  # "downstream" (the training split of config.data), "<dataset>:<split>",
+  # "[name=]tfds:<name>[/<config>][:<version>]:<split>" (a prepared TFDS classification set),
+  # "[name=]wds:<dir>" (webdataset / img2dataset tars), "[name=]clipret:<dir>" (clip-retrieval
+  # embeddings).
   c.kb = ml_collections.ConfigDict()
   c.kb.name = "downstream"  # index / neighbours live under WORKDIR/{index,neighbors}/<name>
   c.kb.sources = ("downstream",)
@@ -93,6 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.embed.shard_size = 4096  # source items per atomically written shard (the resume unit)
   c.embed.prefetch_batches = 4  # batches decoded ahead of the device by data.num_workers threads
   c.embed.progress = True  # tqdm bar (items/s, ETA) on stderr
+  # wds items without a caption (no KEY.txt / KEY.json caption, or empty): "skip" = not
+  # embedded, listed in the store manifest with reason missing_caption; "error" = stop.
+  c.embed.missing_caption = "skip"
 
   # ANN index over the KB's image vectors (stage `index`); one segment per source.
   c.index = ml_collections.ConfigDict()

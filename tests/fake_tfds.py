@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -23,8 +24,9 @@ def image(seed: int, size: int = 6, grey: bool = False) -> bytes:
 
 
 def write(data_dir, name: str, version: str, features: dict,
-          splits: dict[str, list[dict]]) -> str:
-  """Prepares data set `name` at data_dir/name/version with the given records per split."""
+          splits: dict[str, list[dict]], config: str = "") -> str:
+  """Prepares data set `name` at data_dir/name/version (data_dir/name/config/version when a
+  builder config is named, as TFDS lays configs out) with the given records per split."""
 
   def info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
@@ -41,6 +43,30 @@ def write(data_dir, name: str, version: str, features: dict,
         "name": name, "VERSION": tfds.core.Version(version), "_info": info,
         "_split_generators": split_generators, "_generate_examples": generate,
         "__module__": __name__})
-  builder = cls(data_dir=os.fspath(data_dir), file_format="array_record")
+  build_dir = os.path.join(os.fspath(data_dir), ".build", config) if config else data_dir
+  builder = cls(data_dir=os.fspath(build_dir), file_format="array_record")
   builder.download_and_prepare()
-  return os.path.join(os.fspath(data_dir), name, version)
+  if not config:
+    return os.path.join(os.fspath(data_dir), name, version)
+  target = os.path.join(os.fspath(data_dir), name, config, version)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  shutil.move(os.path.join(build_dir, name, version), target)
+  return target
+
+
+def cifar100(data_dir, train_labels, test_labels, names: list[str],
+             version: str = "3.0.2") -> str:
+  """A `cifar100`-shaped set: records given in original file order, each with the `id`
+  (`train_NNNNN` / `test_NNNNN`) and `coarse_label` features of TFDS's builder; the image of
+  train record i is image(i), of test record i image(-1 - i). TFDS stores them shuffled."""
+  features = {"id": tfds.features.Text(), "image": tfds.features.Image(shape=(None, None, 3)),
+              "label": tfds.features.ClassLabel(names=names),
+              "coarse_label": tfds.features.ClassLabel(num_classes=20)}
+
+  def records(labels, prefix, seed):
+    return [{"id": f"{prefix}_{i:05d}", "image": image(seed(i)), "label": int(label),
+             "coarse_label": int(label) % 20} for i, label in enumerate(labels)]
+
+  return write(data_dir, "cifar100", version, features,
+               {"train": records(train_labels, "train", lambda i: i),
+                "test": records(test_labels, "test", lambda i: -1 - i)})

@@ -15,6 +15,7 @@ from retformer_jax.data import lt_lists
 from retformer_jax.data import registry
 from retformer_jax.data import tfds_source
 from retformer_jax.data.tfds_source import PreparedDataset
+from test_cifar100_lt_subset import reference_subset
 
 
 def _data_config(tmp_path, name, **overrides):
@@ -61,46 +62,65 @@ def test_missing_prepared_data_names_the_command(tmp_path):
   assert "retformer_jax[prep]" in msg and str(tmp_path / "tfds") in msg
 
 
-def _write_cifar(tmp_path, per_class=20, test_per_class=3):
-  names = ["apple", "aquarium_fish", "baby", "bear"]
-  features = {"image": tfds.features.Image(shape=(None, None, 3)),
-              "label": tfds.features.ClassLabel(names=names), "id": tfds.features.Text()}
-  train = [{"image": fake_tfds.image(1000 * c + i), "label": c, "id": f"tr{c}_{i}"}
-           for c in range(4) for i in range(per_class)]
-  test = [{"image": fake_tfds.image(-1 - 1000 * c - i), "label": c, "id": f"te{c}_{i}"}
-          for c in range(4) for i in range(test_per_class)]
-  fake_tfds.write(tmp_path / "tfds", "cifar100", "3.0.2", features,
-                  {"train": train, "test": test})
-  return {_decoded(r["image"]): r["label"] for r in train + test}
+CIFAR_NAMES = ["apple", "aquarium_fish", "baby", "bear"]
+
+
+def _write_cifar(tmp_path, per_class=20, test_per_class=3, drop=()):
+  """A 4-class cifar100 whose original train order interleaves the classes; `drop` removes
+  original train records. Returns (original train labels, decoded image -> original index)."""
+  rng = np.random.default_rng(5)
+  train = np.delete(rng.permutation(np.repeat(np.arange(4), per_class)), list(drop))
+  test = np.repeat(np.arange(4), test_per_class)
+  fake_tfds.cifar100(tmp_path / "tfds", train, test, CIFAR_NAMES)
+  return train, {_decoded(fake_tfds.image(i)): i for i in range(len(train))}
 
 
 def test_cifar100_lt_end_to_end(tmp_path, monkeypatch):
-  label_of = _write_cifar(tmp_path)
+  original_labels, original_of = _write_cifar(tmp_path)
   cfg = _data_config(tmp_path, "cifar100_lt", lt_imbalance=4.0)
+  scans = []
+  real_scan = PreparedDataset.scan
+  monkeypatch.setattr(PreparedDataset, "scan",
+                      lambda self, split, fields, n: scans.append((split, sorted(fields))) or
+                      real_scan(self, split, fields, n))
   data = registry.load(cfg)
+  assert scans == [("train", ["id", "label"]), ("test", ["label"])]  # one pass per split
   assert data.class_names == ["apple", "aquarium fish", "baby", "bear"]
   expected = [int(20 * 0.25 ** (c / 3)) for c in range(4)]  # [20, 12, 7, 5]
   np.testing.assert_array_equal(data.train_counts, expected)
   train, test = data.splits["train"], data.splits["test"]
   assert len(train) == sum(expected) and len(test) == 12
   np.testing.assert_array_equal(np.bincount(train.labels, minlength=4), expected)
-  images = set()
+  picked = []
   for i in range(len(train)):
     ex = _check_schema(train, i)
-    assert ex["text"] == "" and label_of[ex["image"].tobytes()] == ex["label"]
-    images.add(ex["image"].tobytes())
-  assert len(images) == len(train)  # no record taken twice
+    index = original_of[ex["image"].tobytes()]
+    assert ex["text"] == "" and original_labels[index] == ex["label"]
+    picked.append(index)
+  # The reference recipe on the original file order: the same images, in the same order.
+  np.testing.assert_array_equal(picked, reference_subset(original_labels, expected))
+  stored = tfds_source.open_prepared("cifar100", cfg.tfds_data_dir, "").scan("train", ["id"], 1)
+  assert stored["id"] != sorted(stored["id"])  # TFDS did store the records shuffled
   fresh = registry.load(cfg).splits["train"]  # read concurrently, as the decoding threads do
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     parallel = list(pool.map(lambda i: fresh[i]["image"].tobytes(), range(len(fresh))))
   assert parallel == [train[i]["image"].tobytes() for i in range(len(train))]
-  assert all(label_of[_check_schema(test, i)["image"].tobytes()] == test.labels[i]
+  test_images = {_decoded(fake_tfds.image(-1 - i)): c for i, c in enumerate(np.repeat(range(4), 3))}
+  assert all(test_images[_check_schema(test, i)["image"].tobytes()] == test.labels[i]
              for i in range(len(test)))
-  # The label scans are cached: a second load reads no record.
+  # The label and id scans are cached: a second load reads no record.
   monkeypatch.setattr(PreparedDataset, "scan", lambda *a, **k: pytest.fail("rescanned"))
   again = registry.load(cfg)
   np.testing.assert_array_equal(again.splits["train"].labels, train.labels)
   assert sorted(again.splits) == ["test", "train"]
+
+
+def test_cifar100_lt_with_a_short_class_is_an_error(tmp_path):
+  original_labels, _ = _write_cifar(tmp_path)
+  bear = np.flatnonzero(original_labels == 3)[:2]
+  _write_cifar(tmp_path / "short", drop=bear)
+  with pytest.raises(ValueError, match=r"class 3 \('bear'\) has 18 images while others have 20"):
+    registry.load(_data_config(tmp_path / "short", "cifar100_lt", lt_imbalance=4.0))
 
 
 def _places_tfds_names():

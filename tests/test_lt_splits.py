@@ -100,13 +100,14 @@ def test_cifar100_lt_profile():
 def test_cifar100_lt_subset_from_a_label_array():
   rng = np.random.default_rng(1)
   labels = rng.permutation(np.repeat(np.arange(100), 500))
+  original = np.arange(len(labels))
   counts = cifar100_lt.lt_counts()
-  rows = cifar100_lt.lt_indices(labels, counts, seed=0)
+  rows = cifar100_lt.lt_indices(labels, original, counts, seed=0)
   assert len(rows) == 10_847 and len(np.unique(rows)) == 10_847
   np.testing.assert_array_equal(np.bincount(labels[rows], minlength=100), counts)
   assert _buckets(np.bincount(labels[rows], minlength=100)) == [35, 35, 30]
-  np.testing.assert_array_equal(rows, cifar100_lt.lt_indices(labels, counts, seed=0))
-  assert not np.array_equal(rows, cifar100_lt.lt_indices(labels, counts, seed=1))
+  np.testing.assert_array_equal(rows, cifar100_lt.lt_indices(labels, original, counts, seed=0))
+  assert not np.array_equal(rows, cifar100_lt.lt_indices(labels, original, counts, seed=1))
   # seed-0 shuffle: not simply the first images of each class
   first = np.concatenate([np.flatnonzero(labels == c)[:n] for c, n in enumerate(counts)])
   assert not np.array_equal(np.sort(rows), np.sort(first))
@@ -114,4 +115,32 @@ def test_cifar100_lt_subset_from_a_label_array():
 
 def test_cifar100_lt_too_few_images_is_an_error():
   with pytest.raises(ValueError, match="class 1 has 3 images"):
-    cifar100_lt.lt_indices(np.array([0] * 10 + [1] * 3), np.array([5, 4]))
+    cifar100_lt.lt_indices(np.array([0] * 10 + [1] * 3), np.arange(13), np.array([5, 4]))
+
+
+def test_readable_class_names():
+  cases = {
+      "apartment_building-outdoor": "apartment building outdoor",  # Places-LT list directory
+      "apartment_building/outdoor": "apartment building outdoor",  # TFDS places365_small
+      "/a/apartment_building/outdoor": "apartment building outdoor",  # Places365 category file
+      "aquarium_fish": "aquarium fish",  # CIFAR-100
+      "n01440764": "tench",  # ImageNet wnid -> its shipped name
+      "n01688243": "frilled-necked lizard",
+      "Mercedes-Benz C-Class Sedan 2012": "Mercedes-Benz C-Class Sedan 2012",  # already text
+      "Hermodice carunculata": "Hermodice carunculata",
+      "  sea   _lion ": "sea lion",
+  }
+  assert {k: lt_lists.readable(k) for k in cases} == cases
+  for text in cases.values():
+    assert lt_lists.readable(text) == text  # idempotent on what it produces
+  with pytest.raises(ValueError, match="'n99999999' is a WordNet id"):
+    lt_lists.readable("n99999999")
+  with pytest.raises(ValueError, match="'_/_' has no words"):
+    lt_lists.readable("_/_")
+
+
+def test_readable_wnids_are_the_imagenet_readers_names():
+  from retformer_jax.data import imagenet_lt
+
+  wnids = [w for w, _ in lt_lists.read_classnames("imagenet_classnames.txt")]
+  assert [lt_lists.readable(w) for w in wnids] == imagenet_lt.imagenet_class_names(wnids)

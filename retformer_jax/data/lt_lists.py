@@ -9,9 +9,11 @@ package (gzipped, 0.4 MB); `data.lt_splits_dir` points at another copy of the pl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import importlib.resources
 import os
+import re
 
 import numpy as np
 
@@ -97,9 +99,39 @@ def read_classnames(filename: str) -> list[tuple[str, str]]:
   return rows
 
 
+_WNID_RE = re.compile(r"^n\d{8}$")
+
+
+@functools.lru_cache(maxsize=None)
+def _imagenet_names() -> dict[str, str]:
+  return dict(read_classnames("imagenet_classnames.txt"))
+
+
 def readable(name: str) -> str:
-  """`apartment_building-outdoor` -> `apartment building outdoor` (for class prompts)."""
-  return " ".join(name.replace("_", " ").replace("-", " ").split())
+  """A data set's raw class name -> the words a class prompt shows ("a photo of a {name}.").
+
+  One clean-up for every reader: a WordNet id (`n01440764`) becomes its ImageNet name (`tench`,
+  from the shipped imagenet_classnames.txt); a path (`/a/apartment_building/outdoor`, with
+  Places365's one-letter folder dropped) is joined with spaces; `_`, and `-` in names without
+  spaces (Places-LT's `apartment_building-outdoor`), become spaces. Names that already read as
+  text (`Mercedes-Benz C-Class Sedan 2012`) keep their hyphens and slashes. An unknown wnid or
+  a name with no words is an error: a prompt must not carry an id.
+  """
+  text = " ".join(str(name).split())
+  if _WNID_RE.match(text):
+    if text not in _imagenet_names():
+      raise ValueError(f"Class name {name!r} is a WordNet id that imagenet_classnames.txt does "
+                       "not name; a class prompt needs the class's words, not its id.")
+    return _imagenet_names()[text]
+  if " " not in text:
+    parts = [p for p in text.split("/") if p]
+    if len(parts) > 1 and len(parts[0]) == 1:
+      parts = parts[1:]
+    text = " ".join(parts).replace("-", " ")
+  text = " ".join(text.replace("_", " ").split())
+  if not any(ch.isalnum() for ch in text):
+    raise ValueError(f"Class name {name!r} has no words to put in a class prompt.")
+  return text
 
 
 def places_key_from_list(path: str) -> str:

@@ -4,8 +4,9 @@
 `dataset_info.json` alone (no builder code runs, so no TensorFlow), failing with the command
 that prepares it when it is missing. `TfdsSplit` wraps one split (optionally a subset of its
 records) into the example schema of data/base.py. What needs a scan of a whole split (its
-labels; the rows that match a split list) is cached as .npy files under `data.cache_dir` (a
-local path), keyed by the data set's version and shard layout, since a scan reads every record.
+labels and other per-record columns; the rows that match a split list) is cached as .npy files
+under `data.cache_dir` (a local path), keyed by the data set's version and shard layout, since
+a scan reads every record.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def _version_key(name: str) -> tuple:
   return tuple(int(p) if p.isdigit() else -1 for p in name.split("."))
 
 
-def open_prepared(name: str, data_dir: str, prepare: str,
-                  needs_tensorflow: bool = True) -> "PreparedDataset":
-  """Opens the newest prepared version of TFDS data set `name`; `prepare` is the command to
-  run when it is missing (shown in the error, with the `prep` extra when it needs TF)."""
+def open_prepared(name: str, data_dir: str, prepare: str, needs_tensorflow: bool = True,
+                  version: str = "") -> "PreparedDataset":
+  """Opens prepared TFDS data set `name` (`<name>` or `<name>/<config>`): version `version`,
+  or the newest prepared one when ""; `prepare` is the command to run when it is missing
+  (shown in the error, with the `prep` extra when it needs TF)."""
   root = epath.Path(default_data_dir(data_dir))
   base_dir = root / name
   versions = []
@@ -60,10 +62,22 @@ def open_prepared(name: str, data_dir: str, prepare: str,
     prep = ("  pip install 'retformer_jax[prep]'   # (-e '.[prep]' in a checkout) TensorFlow, only to "
             "prepare\n"
             if needs_tensorflow else "")
+    configs = sorted(p.name for p in base_dir.iterdir() if p.is_dir() and any(
+        (v / "dataset_info.json").exists() for v in p.iterdir())) if base_dir.exists() else []
+    hint = (f"It has builder configs {configs}: name one as '{name}/<config>'.\n"
+            if configs else "")
     raise DataNotPreparedError(
-        f"TFDS data set {name!r} is not prepared under {root}. Prepare it once with\n"
+        f"TFDS data set {name!r} is not prepared under {root}. {hint}Prepare it once with\n"
         f"{prep}  {prepare}\n"
         f"then point --config.data.tfds_data_dir (or TFDS_DATA_DIR) at that data dir.")
+  if version:
+    chosen = [p for p in versions if p.name == version]
+    if not chosen:
+      raise DataNotPreparedError(
+          f"TFDS data set {name!r} has no prepared version {version!r} under {root}; it has "
+          f"{[p.name for p in versions]}. Prepare it with `{prepare}` (as {name}:{version}) "
+          "or name a prepared version.")
+    versions = chosen
   builder = tfds.builder_from_directory(os.fspath(versions[-1]))
   formats = {str(f.value) for f in builder.info.available_file_formats()} or {
       str(builder.info.file_format.value)}
@@ -134,22 +148,44 @@ class PreparedDataset:
                        [int(x) for x in info.shard_lengths]])
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
+  def cache_path(self, data_config, what: str, split: str) -> str:
+    """cache_dir/<name>/<version>/<split>.<what>.<key>.npy (a `/` in a config name nests)."""
+    folder = os.path.join(default_cache_dir(data_config.cache_dir), self.name, self.version)
+    return os.path.join(folder, f"{split}.{what}.{self.cache_key(split)}.npy")
+
   def cached(self, data_config, what: str, split: str,
              compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """`compute()`'s array, cached at cache_dir/<name>/<version>/<split>.<what>.<key>.npy."""
-    folder = os.path.join(default_cache_dir(data_config.cache_dir), self.name, self.version)
-    path = os.path.join(folder, f"{split}.{what}.{self.cache_key(split)}.npy")
+    """`compute()`'s array, cached at `cache_path(data_config, what, split)`."""
+    path = self.cache_path(data_config, what, split)
     if os.path.exists(path):
       return np.load(path)
     array = np.asarray(compute())
     atomic_io.save_npy(path, array)  # unique temporary name, even across hosts
     return array
 
+  def columns(self, split: str, data_config,
+              wanted: dict[str, tuple[str, Callable[[list], np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Per-record arrays of `split`, each cached: {what: convert(values of field)} for
+    wanted = {what: (field, convert)}; the fields not cached yet are read in one scan."""
+    out = {}
+    for what in wanted:
+      path = self.cache_path(data_config, what, split)
+      if os.path.exists(path):
+        out[what] = np.load(path)
+    todo = [what for what in wanted if what not in out]
+    if todo:
+      fields = sorted({wanted[what][0] for what in todo})
+      values = self.scan(split, fields, data_config.num_workers)
+      for what in todo:
+        field, convert = wanted[what]
+        out[what] = np.asarray(convert(values[field]))
+        atomic_io.save_npy(self.cache_path(data_config, what, split), out[what])
+    return out
+
   def labels(self, split: str, data_config, field: str = "label") -> np.ndarray:
     """int64 label of every record of `split` (cached)."""
-    return self.cached(
-        data_config, field, split,
-        lambda: np.asarray(self.scan(split, [field], data_config.num_workers)[field], np.int64))
+    return self.columns(split, data_config,
+                        {field: (field, lambda values: np.asarray(values, np.int64))})[field]
 
 
 def decode_image(data: bytes) -> np.ndarray:

@@ -6,8 +6,10 @@ process 0 joins them (store.finalize). Killing the job at any moment and rerunni
 same store: finished shards are skipped, an unfinished one is redone from its start, and batches
 never cross a shard boundary, so every row is computed in the same batch as before.
 
-Decoding and preprocessing run in a thread pool a few batches ahead of the device; a corrupt
-example is dropped from its shard and listed in the manifest.
+Decoding and preprocessing run in a thread pool a few batches ahead of the device; an example
+that cannot be embedded (an unreadable image; a web item without caption under
+config.embed.missing_caption = "skip") is dropped from its shard and listed in the manifest
+with its reason; a `sources.FatalExampleError` stops the job (finished shards are kept).
 """
 
 from __future__ import annotations
@@ -97,10 +99,12 @@ def embed_images(source, store_dir: str, encoder, *, shard_size: int, num_worker
     try:
       ex = source[i]
       return i, encoder.preprocess_image(ex["image"]), ex, None
+    except sources.FatalExampleError:
+      raise
     except sources.CorruptExampleError as e:
-      return i, None, None, str(e)
+      return i, None, None, (e.reason, str(e))
     except Exception as e:  # a reader failure on one item must not stop a billion-item job
-      return i, None, None, f"{type(e).__name__}: {e}"
+      return i, None, None, (sources.CorruptExampleError.reason, f"{type(e).__name__}: {e}")
 
   indices = (i for s in todo for i in range(s * shard_size, min((s + 1) * shard_size, num_items)))
   window = max(1, prefetch_batches) * encoder.batch_size
@@ -135,8 +139,8 @@ def embed_images(source, store_dir: str, encoder, *, shard_size: int, num_worker
         i, pixels, ex, err = pending.popleft().result()
         bar.update(1)
         if err is not None:
-          skipped.append({"index": int(i), "error": err})
-          log.warning("skipping %s[%d]: %s", name, i, err)
+          skipped.append({"index": int(i), "reason": err[0], "error": err[1]})
+          log.warning("skipping %s[%d] (%s): %s", name, i, *err)
           continue
         rows["ids"].append(ex["id"])
         rows["labels"].append(ex["label"])
@@ -161,12 +165,20 @@ def embed_images(source, store_dir: str, encoder, *, shard_size: int, num_worker
   return _join(store_dir, name, fp, source, encoder.info, num_items, shard_size)
 
 
+def skipped_summary(skipped: list[dict]) -> str:
+  """`3 unreadable, 2 missing_caption` from a manifest's skipped entries."""
+  counts = collections.Counter(s.get("reason", sources.CorruptExampleError.reason)
+                               for s in skipped)
+  return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+
+
 def _dim_of_shards(store_dir: str, num_items: int, shard_size: int) -> int:
   for s in range(-(-num_items // shard_size)):
     with np.load(store.shard_path(store_dir, s)) as z:
       if z["image"].shape[0]:
         return int(z["image"].shape[1])
-  raise EmbedJobError(f"{store_dir}: every example was skipped as unreadable; check the source.")
+  raise EmbedJobError(f"{store_dir}: every example was skipped (unreadable, or without caption); "
+                      "check the source: the warnings above name each item and why.")
 
 
 def _join(store_dir, name, fp, source, encoder_info, num_items, shard_size):
@@ -181,8 +193,8 @@ def _join(store_dir, name, fp, source, encoder_info, num_items, shard_size):
     if os.path.exists(os.path.join(store_dir, "job.json")):
       os.unlink(os.path.join(store_dir, "job.json"))
     if manifest["skipped_count"]:
-      log.warning("%s: %d unreadable items skipped (listed in %s/manifest.json)", name,
-                  manifest["skipped_count"], store_dir)
+      log.warning("%s: %d items skipped: %s (listed in %s/manifest.json)", name,
+                  manifest["skipped_count"], skipped_summary(manifest["skipped"]), store_dir)
   hosts.barrier(f"embed-joined-{name}")
   return manifest
 

@@ -9,8 +9,13 @@ Workdir layout (shared with training / eval / RetLLM):
 A source spec (an entry of config.kb.sources) is one of
   "downstream"                 the training split of config.data ("<data.name>:<train_split>")
   "<dataset>:<split>"          a split of a labelled data set (data/registry.py)
-  "tfds:<name>:<split>"        any prepared TFDS image-classification set (image + label;
-                               text = class prompt), read without TensorFlow
+  "[name=]tfds:<name>[/<config>][:<version>]:<split>"
+                               any prepared TFDS image-classification set (Image `image` +
+                               ClassLabel `label`; text = the class prompt with the readable
+                               class name, data/lt_lists.readable), read without TensorFlow.
+                               <version> is X.Y.Z (default: the newest prepared); e.g.
+                               "tfds:food101:train", "tfds:cifar10_corrupted/fog_5:1.0.0:test".
+                               Default store name: the entry with "/" written "+".
   "[name=]wds:<dir>"           webdataset / img2dataset tar shards (KEY.jpg + KEY.txt [+ KEY.json])
   "[name=]clipret:<dir>"       precomputed clip-retrieval embeddings (img_emb/ text_emb/ metadata/)
 """
@@ -27,6 +32,11 @@ from retformer_jax import atomic_io
 
 KINDS = ("labelled", "tfds", "wds", "clipret")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")
+TFDS_GRAMMAR = ("'[name=]tfds:<name>[/<config>][:<version>]:<split>' (e.g. 'tfds:food101:train', "
+                "'tfds:cifar10_corrupted/fog_5:1.0.0:test')")
+_TFDS_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?$")
+_TFDS_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+_TFDS_SPLIT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class SourceSpecError(ValueError):
@@ -39,14 +49,15 @@ class SourceSpec:
 
   name: str  # store directory name, unique within a workdir
   kind: str  # one of KINDS
-  dataset: str = ""  # labelled: data set name
-  split: str = ""  # labelled: split name
+  dataset: str = ""  # labelled: data set name; tfds: <name> or <name>/<config>
+  split: str = ""  # labelled / tfds: split name
+  version: str = ""  # tfds: X.Y.Z, "" = the newest prepared version
   path: str = ""  # wds / clipret: directory
 
 
 def parse_source(spec: str, data_config) -> SourceSpec:
   """Parses one config.kb.sources entry; errors say what a valid entry looks like."""
-  spec = str(spec).strip()
+  spec = entry = str(spec).strip()
   if spec == "downstream":
     return labelled(data_config.name, data_config.train_split)
   name = ""
@@ -55,12 +66,7 @@ def parse_source(spec: str, data_config) -> SourceSpec:
     name, spec = head, rest
   kind, _, arg = spec.partition(":")
   if kind == "tfds":
-    dataset, _, split = arg.partition(":")
-    if not dataset or not split or name:
-      raise SourceSpecError(f"KB source {spec!r}: write TFDS sources as 'tfds:<name>:<split>', "
-                            "e.g. 'tfds:food101:train'.")
-    _check_name(spec, spec)
-    return SourceSpec(name=spec, kind="tfds", dataset=dataset, split=split)
+    return _parse_tfds(entry, arg, name)
   if kind in ("wds", "clipret"):
     if not arg:
       raise SourceSpecError(f"KB source {spec!r}: give a directory, e.g. '{kind}:/data/laion'.")
@@ -76,8 +82,27 @@ def parse_source(spec: str, data_config) -> SourceSpec:
     return src
   raise SourceSpecError(
       f"KB source {spec!r} is not understood. Use 'downstream', '<dataset>:<split>' "
-      "(e.g. 'demo:val'), 'tfds:<name>:<split>', '[name=]wds:<dir>' or '[name=]clipret:<dir>' "
-      "in config.kb.sources.")
+      f"(e.g. 'demo:val'), {TFDS_GRAMMAR}, '[name=]wds:<dir>' or '[name=]clipret:<dir>' in "
+      "config.kb.sources.")
+
+
+def _parse_tfds(entry: str, arg: str, name: str) -> SourceSpec:
+  parts = arg.split(":")
+  if "[" in arg or len(parts) not in (2, 3):
+    why = ("split slices are not supported, name a whole split" if "[" in arg else
+           "a split is missing" if len(parts) < 2 else "it has too many ':'")
+    raise SourceSpecError(f"KB source {entry!r}: {why}; write TFDS sources as {TFDS_GRAMMAR}.")
+  dataset, version, split = parts[0], (parts[1] if len(parts) == 3 else ""), parts[-1]
+  for what, value, pattern in (("name[/config]", dataset, _TFDS_NAME_RE),
+                               ("version", version or "0.0.0", _TFDS_VERSION_RE),
+                               ("split", split, _TFDS_SPLIT_RE)):
+    if not pattern.match(value):
+      raise SourceSpecError(f"KB source {entry!r}: {value!r} is not a TFDS {what}; write TFDS "
+                            f"sources as {TFDS_GRAMMAR}.")
+  default = "tfds:" + ":".join(p for p in (dataset.replace("/", "+"), version, split) if p)
+  name = name or default
+  _check_name(name, entry)
+  return SourceSpec(name=name, kind="tfds", dataset=dataset, split=split, version=version)
 
 
 def labelled(dataset: str, split: str) -> SourceSpec:

@@ -2,19 +2,26 @@
 
 - LabelledSource: a split of a labelled data set (demo, TFDS-backed sets via data/registry.py,
   or any prepared TFDS image-classification set); text = the example's caption, or the class
-  prompt when it has none.
+  prompt when it has none. Registry data sets name their classes readably themselves; raw
+  TFDS class names go through data/lt_lists.readable, the clean-up those readers use.
 - WebDatasetSource: img2dataset / webdataset tar shards (KEY.jpg|png|webp + KEY.txt [+ KEY.json]),
-  indexed once by scanning tar headers, then read by seeking to a member's bytes.
+  indexed once by scanning tar headers, then read by seeking to a member's bytes. An item with
+  no caption (no KEY.txt or KEY.json caption, or an empty one) is never embedded with an empty
+  text: `config.embed.missing_caption` = "skip" lists it like an unreadable image, "error"
+  stops the job.
 - PrecomputedSource: clip-retrieval embeddings (img_emb/img_emb_N.npy, text_emb/text_emb_N.npy,
   metadata/metadata_N.parquet), memory-mapped; nothing is re-embedded.
 
 Image sources return examples {image uint8 [H,W,3], label, text, id}; an unreadable image raises
-`CorruptExampleError`, which the embed job counts and lists instead of stopping.
+`CorruptExampleError` (a missing caption its subclass `MissingCaptionError`), which the embed job
+counts and lists under its `reason` instead of stopping; `FatalExampleError` stops the job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import re
 import tarfile
@@ -24,10 +31,23 @@ import numpy as np
 from retformer_jax.kb import layout
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+MISSING_CAPTION = ("skip", "error")  # values of config.embed.missing_caption
 
 
 class CorruptExampleError(ValueError):
-  pass
+  """An example that cannot be embedded; the embed job skips it and lists it under `reason`."""
+
+  reason = "unreadable"
+
+
+class MissingCaptionError(CorruptExampleError):
+  """A web item without caption text (skipped when config.embed.missing_caption == "skip")."""
+
+  reason = "missing_caption"
+
+
+class FatalExampleError(ValueError):
+  """An example the embed job must stop on rather than skip (inconsistent or refused input)."""
 
 
 class SourceLayoutError(ValueError):
@@ -74,21 +94,33 @@ def _load_labelled(dataset: str, data_config):
 
 
 def _tfds_split(spec: layout.SourceSpec, data_config):
-  """(random-access split, class names, version) of a prepared TFDS classification set."""
+  """(random-access split, readable class names, version) of a prepared TFDS classification
+  set."""
+  import tensorflow_datasets as tfds
+
+  from retformer_jax.data import lt_lists
   from retformer_jax.data import tfds_source
 
+  full_name = spec.dataset + (f":{spec.version}" if spec.version else "")
   ds = tfds_source.open_prepared(
-      spec.dataset, data_config.tfds_data_dir,
-      prepare=f"tfds build {spec.dataset} --file_format=array_record")
+      spec.dataset, data_config.tfds_data_dir, version=spec.version,
+      prepare=f"tfds build {full_name} --file_format=array_record")
   if spec.split not in ds.splits():
     raise layout.SourceSpecError(f"Source {spec.name!r}: TFDS set {spec.dataset!r} has no split "
                                  f"{spec.split!r}; it has {ds.splits()}.")
-  features = ds.builder.info.features
-  if "image" not in features or "label" not in features:
-    raise SourceLayoutError(f"Source {spec.name!r}: a TFDS classification set needs 'image' and "
-                            f"'label' features; {spec.dataset!r} has {list(features)}.")
+  features = dict(ds.builder.info.features.items())
+  if not (isinstance(features.get("image"), tfds.features.Image)
+          and isinstance(features.get("label"), tfds.features.ClassLabel)):
+    raise SourceLayoutError(
+        f"Source {spec.name!r}: a TFDS source must be an image-classification set (an Image "
+        f"'image' and a ClassLabel 'label' feature); {spec.dataset!r} has {sorted(features)}. "
+        "For image-caption pairs use a wds: source.")
+  try:
+    names = [lt_lists.readable(n) for n in ds.class_names()]
+  except ValueError as e:
+    raise SourceLayoutError(f"Source {spec.name!r}: {e}") from e
   labels = ds.labels(spec.split, data_config)
-  return tfds_source.TfdsSplit(ds, spec.split, labels=labels), ds.class_names(), ds.version
+  return tfds_source.TfdsSplit(ds, spec.split, labels=labels), names, ds.version
 
 
 class LabelledSource:
@@ -99,16 +131,18 @@ class LabelledSource:
     self._prompt = prompt
     if spec.kind == "tfds":
       self._split, self._names, version = _tfds_split(spec, data_config)
+      names_sha = hashlib.sha256(json.dumps(self._names).encode()).hexdigest()[:16]
       self._fingerprint = {"kind": "tfds", "dataset": spec.dataset, "version": version,
                            "split": spec.split, "data_dir": data_config.tfds_data_dir,
-                           "prompt": prompt, "count": len(self._split)}
+                           "prompt": prompt, "class_names_sha256": names_sha,
+                           "count": len(self._split)}
       return
     splits = _load_labelled(spec.dataset, data_config)
     if spec.split not in splits.splits:
       raise layout.SourceSpecError(f"Source {spec.name!r}: data set {spec.dataset!r} has no "
                                    f"split {spec.split!r}; it has {sorted(splits.splits)}.")
     self._split = splits.splits[spec.split]
-    self._names = list(splits.class_names)
+    self._names = list(splits.class_names)  # already prompt text: each reader cleans its names
     data = data_config.to_dict()
     keep = {k: v for k, v in data.items()
             if k not in ("num_workers", "eval_splits", "train_split", "demo", "cache_dir")}
@@ -129,7 +163,11 @@ class LabelledSource:
     where = f"{self.spec.name}[{index}]"
     label = int(ex.get("label", -1))
     text = str(ex.get("text", "") or "")
-    if not text and 0 <= label < len(self._names):
+    if not text.strip():
+      if not 0 <= label < len(self._names):
+        raise FatalExampleError(f"{where}: no caption and label {label} is outside the "
+                                f"{len(self._names)} classes, so it has no text; the data set "
+                                "is inconsistent.")
       text = self._prompt.format(name=self._names[label])
     image = ex["image"]
     if isinstance(image, (bytes, bytearray)):
@@ -146,8 +184,12 @@ class WebDatasetSource:
 
   kind = "wds"
 
-  def __init__(self, spec: layout.SourceSpec):
+  def __init__(self, spec: layout.SourceSpec, missing_caption: str = "skip"):
+    if missing_caption not in MISSING_CAPTION:
+      raise ValueError(f"config.embed.missing_caption={missing_caption!r}; use one of "
+                       f"{MISSING_CAPTION}.")
     self.spec = spec
+    self.missing_caption = missing_caption
     if not os.path.isdir(spec.path):
       raise SourceLayoutError(f"Source {spec.name!r}: {spec.path} is not a directory of .tar "
                               "shards (webdataset / img2dataset output).")
@@ -158,12 +200,22 @@ class WebDatasetSource:
     self._items: list[tuple[int, str, tuple, tuple | None, tuple | None]] = []
     for ti, path in enumerate(self._tars):
       self._items.extend(self._scan(ti, path))
+    if missing_caption == "error":
+      bare = [(ti, k) for ti, k, _, txt, js in self._items if txt is None and js is None]
+      if bare:
+        ti, key = bare[0]
+        raise FatalExampleError(
+            f"Source {spec.name!r}: {len(bare)} items have no KEY.txt or KEY.json (first: "
+            f"{tars[ti]}:{key}); add captions, or set --config.embed.missing_caption=skip to "
+            "skip such items and list them in the store manifest.")
     keys = [k for _, k, _, _, _ in self._items]
     numeric = all(k.isdigit() for k in keys) and len(set(keys)) == len(keys)
     self._ids = (np.asarray([int(k) for k in keys], np.int64) if numeric
                  else np.arange(len(keys), dtype=np.int64))
+    # "captions": items without one are never embedded (both settings give the same store).
     self._fingerprint = {"kind": "wds", "path": spec.path, "count": len(self._items),
-                         "tars": [(t, os.path.getsize(p)) for t, p in zip(tars, self._tars)]}
+                         "tars": [(t, os.path.getsize(p)) for t, p in zip(tars, self._tars)],
+                         "captions": "required"}
 
   @staticmethod
   def _scan(ti: int, path: str):
@@ -203,19 +255,30 @@ class WebDatasetSource:
       f.seek(span[0])
       return f.read(span[1])
 
+  def _caption(self, ti: int, txt_span, json_span) -> tuple[str, str]:
+    """(caption, why there is none): KEY.txt first, else KEY.json's "caption"."""
+    if txt_span is not None:
+      text = self._read(ti, txt_span).decode("utf-8", errors="replace").strip()
+      return text, "" if text else "empty KEY.txt"
+    if json_span is None:
+      return "", "no KEY.txt or KEY.json"
+    try:
+      meta = json.loads(self._read(ti, json_span))
+    except ValueError as e:
+      return "", f"unreadable KEY.json ({e})"
+    text = str(meta.get("caption", "") or "").strip() if isinstance(meta, dict) else ""
+    return text, "" if text else "no caption in KEY.json"
+
   def __getitem__(self, index: int) -> dict:
     ti, key, image_span, txt_span, json_span = self._items[index]
     where = f"{os.path.basename(self._tars[ti])}:{key}"
-    text = ""
-    if txt_span is not None:
-      text = self._read(ti, txt_span).decode("utf-8", errors="replace").strip()
-    elif json_span is not None:
-      import json
-
-      try:
-        text = str(json.loads(self._read(ti, json_span)).get("caption", "") or "")
-      except ValueError:
-        text = ""
+    text, why = self._caption(ti, txt_span, json_span)
+    if not text:
+      if self.missing_caption == "error":
+        raise FatalExampleError(
+            f"{where}: no caption ({why}); add one, or set --config.embed.missing_caption=skip "
+            "to skip such items and list them in the store manifest.")
+      raise MissingCaptionError(f"{where}: no caption ({why})")
     image = decode_image(self._read(ti, image_span), where)
     return {"image": check_image(image, where), "label": -1, "text": text,
             "id": int(self._ids[index])}
@@ -313,7 +376,7 @@ def open_source(spec: layout.SourceSpec, config):
   if spec.kind in ("labelled", "tfds"):
     return LabelledSource(spec, config.data, config.clip.prompt)
   if spec.kind == "wds":
-    return WebDatasetSource(spec)
+    return WebDatasetSource(spec, config.embed.missing_caption)
   if spec.kind == "clipret":
     return PrecomputedSource(spec)
   raise layout.SourceSpecError(f"Unknown source kind {spec.kind!r}; use one of {layout.KINDS}.")
