@@ -187,10 +187,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.retllm.injection_layer_lo = 5  # layers l with lo < l < hi are watched for the trigger
   c.retllm.injection_layer_hi = 16
   c.retllm.injection_memory = "all"  # all (input embeddings) | image (image tokens only)
-  # Trigger logits through the final RMSNorm, then lm_head (as SPEC); False = lm_head on the raw
-  # hidden state, as the released reference code computes them.
-  c.retllm.injection_final_norm = True
-  c.retllm.pre_resize = False  # True: bicubic pre-resize to multiples of 28 (qwen_vl_utils)
+  # Trigger logits = lm_head on the raw hidden state, as the released code computes them;
+  # True = through the final RMSNorm first (the normed variant).
+  c.retllm.injection_final_norm = False
+  # Images first resized as qwen_vl_utils does (PIL bicubic to multiples of 28 within its
+  # [4, 16384] * 28^2 pixel bounds), then by the HF processor, as the released code loads them;
+  # False = the HF processor alone.
+  c.retllm.pre_resize = True
   c.retllm.vision_cache_size = 2048  # gallery images whose vision features stay cached
   c.retllm.batch_size = 8  # candidates per MLLM forward
   c.retllm.dtype = "bfloat16"  # MLLM compute dtype ("float32" on CPU)

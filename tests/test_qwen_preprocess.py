@@ -15,11 +15,13 @@ LO, HI = 16 * 28 * 28, 48 * 28 * 28
 
 @pytest.mark.parametrize("hw", [(100, 150), (60, 40), (400, 300), (28, 28 * 5)])
 def test_pixels_match_transformers(hw):
+  """pre_resize=False: the HF processor alone."""
   rng = np.random.default_rng(hw[0])
   image = rng.integers(0, 256, hw + (3,), dtype=np.uint8)
   ref = Qwen2VLImageProcessorPil(min_pixels=LO, max_pixels=HI)(images=[Image.fromarray(image)],
                                                                return_tensors="np")
-  ours, grid = qwen_preprocess.QwenImageProcessor(min_pixels=LO, max_pixels=HI)(image)
+  ours, grid = qwen_preprocess.QwenImageProcessor(min_pixels=LO, max_pixels=HI,
+                                                  pre_resize=False)(image)
   np.testing.assert_array_equal(grid, ref["image_grid_thw"][0])
   assert ours.shape == ref["pixel_values"].shape
   np.testing.assert_allclose(ours, ref["pixel_values"], atol=1e-6, rtol=0)
@@ -31,7 +33,7 @@ def test_rgba_and_grey_inputs_match_transformers():
   rng = np.random.default_rng(3)
   rgba = rng.integers(0, 256, (90, 70, 4), dtype=np.uint8)
   grey = rng.integers(0, 256, (90, 70), dtype=np.uint8)
-  proc = qwen_preprocess.QwenImageProcessor(min_pixels=LO, max_pixels=HI)
+  proc = qwen_preprocess.QwenImageProcessor(min_pixels=LO, max_pixels=HI, pre_resize=False)
   ref_proc = Qwen2VLImageProcessorPil(min_pixels=LO, max_pixels=HI)
   for arr, mode in ((rgba, "RGBA"), (grey, "L")):
     ref = ref_proc(images=[Image.fromarray(arr, mode)], return_tensors="np")["pixel_values"]
@@ -73,17 +75,22 @@ def test_prompt_ids_match_processor_expansion(tmp_path):
   assert prompter.true_id == tok.convert_tokens_to_ids("True")
 
 
-def test_pre_resize_repeats_the_reference_loader():
-  """pre_resize: first a bicubic resize to multiples of 28 (qwen_vl_utils), then the processor."""
+@pytest.mark.parametrize("hw,staged_hw", [((300, 400), (308, 392)), ((10, 400), (28, 392))])
+def test_pre_resize_repeats_the_reference_loader(hw, staged_hw):
+  """Default: first qwen_vl_utils' bicubic resize to multiples of 28, then the processor. A thin
+  image gets qwen_vl_utils' size (28, 392), not the processor's rule (28, 364)."""
   rng = np.random.default_rng(7)
-  image = rng.integers(0, 256, (101, 157, 3), dtype=np.uint8)
-  h, w = qwen_preprocess.smart_resize(101, 157, 28, 4 * 28 * 28, 16384 * 28 * 28)
+  image = rng.integers(0, 256, hw + (3,), dtype=np.uint8)
+  assert qwen_preprocess.fetch_image_size(*hw) == staged_hw
+  h, w = staged_hw
   staged = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
   ref = Qwen2VLImageProcessorPil(min_pixels=LO, max_pixels=HI)(
       images=[Image.fromarray(staged)], return_tensors="np")["pixel_values"]
-  ours, _ = qwen_preprocess.QwenImageProcessor(min_pixels=LO, max_pixels=HI, pre_resize=True)(
-      image)
+  ours, _ = qwen_preprocess.QwenImageProcessor(min_pixels=LO, max_pixels=HI)(image)
   np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0)
+  plain, _ = qwen_preprocess.QwenImageProcessor(min_pixels=LO, max_pixels=HI,
+                                                pre_resize=False)(image)
+  assert plain.shape != ours.shape or np.abs(plain - ours).max() > 1e-3
 
 
 def test_processor_chat_template_file_is_preferred(tmp_path):

@@ -1,15 +1,17 @@
-"""Qwen2-VL / Qwen2.5-VL inputs: images as `Qwen2VLImageProcessorPil` prepares them, and the
-chat prompt of the RetLLM scorer through the folder's tokenizer.
+"""Qwen2-VL / Qwen2.5-VL inputs: images as the released RetLLM code prepares them (qwen_vl_utils,
+then `Qwen2VLImageProcessorPil`), and the chat prompt of the scorer through the folder's tokenizer.
 
     proc = QwenImageProcessor.from_folder(path, min_pixels=256 * 28 * 28, max_pixels=512 * 28 * 28)
     patches, grid_thw = proc(image_uint8_hwc)      # float32 [N, C*T*P*P], int64 [3]
     prompter = QwenPrompter(tokenizer, image_token_id)
     ids = prompter.pair_ids(caption, num_image_tokens=grid_thw.prod() // 4)
 
-Images: resize so both sides are multiples of patch * merge and the area lies within
-[min_pixels, max_pixels] (`smart_resize`, PIL bicubic), rescale, normalise, then flatten into
-patches in the processor's block-major order. Same operations, order and precision as
-transformers, so the pixels are identical.
+Images: by default first resized as `qwen_vl_utils.fetch_image` does (PIL bicubic to multiples
+of 28 within its own [4, 16384] * 28^2 pixel bounds), since the released RetLLM code loads every
+image that way; `pre_resize=False` skips that step. Then, as the processor: resize so both sides
+are multiples of patch * merge and the area lies within [min_pixels, max_pixels] (`smart_resize`,
+PIL bicubic), rescale, normalise, flatten into patches in the processor's block-major order.
+Same operations, order and precision as transformers, so the pixels are identical.
 """
 
 from __future__ import annotations
@@ -47,6 +49,25 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int,
   return h, w
 
 
+def fetch_image_size(height: int, width: int, factor: int = 28, min_pixels: int = 4 * 28 * 28,
+                     max_pixels: int = 16384 * 28 * 28) -> tuple[int, int]:
+  """The size `qwen_vl_utils.fetch_image` resizes an image to (its defaults): `smart_resize`,
+  except that a rounded side is at least `factor` (thin images differ) and a shrunk one is not."""
+  if max(height, width) / min(height, width) > 200:
+    raise ValueError(f"Image {height}x{width}: aspect ratio must be below 200.")
+  h = max(factor, round(height / factor) * factor)
+  w = max(factor, round(width / factor) * factor)
+  if h * w > max_pixels:
+    beta = math.sqrt(height * width / max_pixels)
+    h = math.floor(height / beta / factor) * factor
+    w = math.floor(width / beta / factor) * factor
+  elif h * w < min_pixels:
+    beta = math.sqrt(min_pixels / (height * width))
+    h = math.ceil(height * beta / factor) * factor
+    w = math.ceil(width * beta / factor) * factor
+  return h, w
+
+
 @dataclasses.dataclass(frozen=True)
 class QwenImageProcessor:
   min_pixels: int = 56 * 56
@@ -58,9 +79,10 @@ class QwenImageProcessor:
   image_std: tuple[float, ...] = _CLIP_STD
   rescale_factor: float = 1 / 255
   resample: int = 3  # PIL bicubic
-  # The public reference loads images through qwen_vl_utils, which first resizes them (bicubic)
-  # to multiples of 28 within [4, 16384] * 28^2 pixels; True repeats that step.
-  pre_resize: bool = False
+  # The released code loads images through qwen_vl_utils, which first resizes them (bicubic) to
+  # multiples of 28 within [4, 16384] * 28^2 pixels; True (default) repeats that step, False
+  # gives the HF processor's pixels alone.
+  pre_resize: bool = True
 
   def __post_init__(self):
     if not 0 < self.min_pixels <= self.max_pixels:
@@ -69,7 +91,7 @@ class QwenImageProcessor:
 
   @classmethod
   def from_folder(cls, path: str, *, min_pixels: int | None = None,
-                  max_pixels: int | None = None, pre_resize: bool = False) -> "QwenImageProcessor":
+                  max_pixels: int | None = None, pre_resize: bool = True) -> "QwenImageProcessor":
     """From `preprocessor_config.json`; min/max_pixels arguments override the file."""
     file = os.path.join(path, "preprocessor_config.json")
     if not os.path.exists(file):
@@ -93,7 +115,7 @@ class QwenImageProcessor:
     """One image -> (patches float32 [N, 3*T*P*P], grid_thw int64 [3])."""
     x = rgb.to_rgb_uint8(image, "Qwen image preprocessing")
     if self.pre_resize:
-      h, w = smart_resize(x.shape[0], x.shape[1], 28, 4 * 28 * 28, 16384 * 28 * 28)
+      h, w = fetch_image_size(x.shape[0], x.shape[1])
       x = np.asarray(Image.fromarray(x).resize((w, h), resample=Image.Resampling.BICUBIC))
     h, w = smart_resize(x.shape[0], x.shape[1], self.patch_size * self.merge_size,
                         self.min_pixels, self.max_pixels)

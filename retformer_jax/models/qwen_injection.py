@@ -1,7 +1,8 @@
 """Visual re-injection ("visual retracing") into one decoder FFN, per sample.
 
 After each decoder layer l with layer_lo < l < layer_hi, the last position's hidden state goes
-through lm_head (optionally the final norm first); if the entropy of the softmax over its top-k
+through lm_head (the raw hidden state, as the released code does; optionally the final norm
+first); if the entropy of the softmax over its top-k
 logits, divided by log(k), exceeds tau, layer l+1 is armed (once per forward). In the armed
 layer, with x the FFN input, F = FFN(x) and M the memory (the sequence's input embeddings, or
 its image tokens only):
@@ -30,9 +31,9 @@ class InjectionConfig:
   layer_hi: int = 16
   top_k: int = 10
   memory: str = "all"  # "all": every input embedding; "image": image tokens only
-  # Per-layer trigger logits = lm_head(final_norm(h)), as the method describes; False reads
-  # lm_head(h) on the raw hidden state, as the released reference code does.
-  final_norm: bool = True
+  # Per-layer trigger logits = lm_head(h) on the raw hidden state, as the released code computes
+  # them; True reads lm_head(final_norm(h)) instead (the normed variant).
+  final_norm: bool = False
 
   def __post_init__(self):
     if self.memory not in ("all", "image"):

@@ -101,9 +101,13 @@ class PairScorer:
 
   @classmethod
   def from_folder(cls, path: str, *, dtype: str = "float32", min_pixels: int | None = None,
-                  max_pixels: int | None = None, pre_resize: bool = False,
+                  max_pixels: int | None = None, pre_resize: bool = True,
                   **kw) -> "PairScorer":
-    """Weights, tokenizer and image processor of one HF Qwen2.5-VL / Qwen2-VL folder."""
+    """Weights, tokenizer and image processor of one HF Qwen2.5-VL / Qwen2-VL folder.
+
+    pre_resize: images first resized as qwen_vl_utils does, as the released code loads them
+    (False: the HF processor alone; see QwenImageProcessor).
+    """
     from transformers import AutoTokenizer
 
     from retformer_jax.convert import hf
