@@ -162,6 +162,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50  # steps
   c.train.eval_every_epochs = 1  # val top-1 for the "best" checkpoint; 0 = off
   c.train.eval_split = ""  # e.g. "val" (must be in data.eval_splits): picks the best checkpoint
+  # WORKDIR/checkpoints trained from other inputs (any model/train/data/KB key, or other
+  # neighbours): "error" stops with the changed keys; "new_run" moves that run to
+  # WORKDIR/runs/ and trains afresh. Same inputs always resume.
+  c.train.changed_inputs = "error"
 
   # RetFormer checkpoints (orbax).
   c.checkpoint = ml_collections.ConfigDict()

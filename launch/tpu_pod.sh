@@ -11,7 +11,7 @@ REPO_DIR="${REPO_DIR:-~/retformer_jax}"
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
 args=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker=all --command "
-  set -e
+  set -eo pipefail  # exit 75 = preempted (saved): rerun the same command to resume
   cd $REPO_DIR
   if [ ! -f .installed ]; then pip install -q -e '.[tpu]' && touch .installed; fi
   python -m retformer_jax.main $args --workdir=$WORKDIR 2>&1 | tee -a /tmp/retformer_\$(hostname).log

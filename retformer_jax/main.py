@@ -2,6 +2,10 @@
 
 Parses flags, joins the multi-host job when there is one, then runs the stages the config names.
 Every stage is cached in the workdir, so rerunning after a crash resumes where it stopped.
+
+Exit statuses: 0 done; 2 a mistake to fix (one line on stderr; --verbose adds the traceback);
+75 preempted (SIGTERM): the stage saved its work and no later stage ran; rerun the same command
+to resume (launch/slurm_gpu.sbatch requeues on it).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import logging as pylogging
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -19,6 +24,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file (a Python file with get_config()).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for stage outputs, checkpoints and metrics.")
+flags.DEFINE_bool("verbose", False, "On an error, print the traceback too (also: "
+                  "RETFORMER_VERBOSE=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,7 +54,8 @@ def _maybe_initialize_distributed() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from retformer_jax import stages
+  from retformer_jax import errors, preemption, stages
+  from retformer_jax.stages import preflight
 
   try:
     config = FLAGS.config
@@ -55,17 +63,40 @@ def main(argv) -> None:
   except OSError as e:
     raise app.UsageError(f"--config could not be loaded: {e}") from None
   workdir = os.path.abspath(FLAGS.workdir)
-  stages.check_names(names)  # fail on a typo before joining a job or touching disk
-  _maybe_initialize_distributed()
-  import jax
+  try:
+    # Fail on a typo or a config that would give wrong numbers before joining a job.
+    stages.check_names(names)
+    preflight.check(config, names)
+    _maybe_initialize_distributed()
+    import jax
 
-  os.makedirs(workdir, exist_ok=True)
-  logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
-  for name in names:
-    logging.info("=== stage %s ===", name)
-    stages.get(name)(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.devices()[0].platform)
+    with preemption.watching():
+      for name in names:
+        logging.info("=== stage %s ===", name)
+        stages.get(name)(config, workdir)
+        preemption.check(f"the end of stage {name!r}")
+  except errors.Preempted as e:
+    _stop(errors.EXIT_PREEMPTED, f"{name}: {e}")
+  except (errors.UserError, FileNotFoundError, NotADirectoryError) as e:
+    if _verbose():
+      traceback.print_exc()
+    _stop(errors.EXIT_USAGE, f"ERROR {errors.one_line(e)}")
+
+
+def _verbose() -> bool:
+  return FLAGS.verbose or os.environ.get("RETFORMER_VERBOSE", "") not in ("", "0")
+
+
+def _stop(status: int, line: str) -> None:
+  logging.flush()
+  sys.stderr.write(line + ("" if _verbose() else "  (--verbose shows the traceback)"
+                           if status == 2 else "") + "\n")
+  sys.stderr.flush()
+  sys.exit(status)
 
 
 def _parse_flags(argv):

@@ -73,8 +73,16 @@ def main():
     data = dataclasses.replace(data, train=Slow(**{f.name: getattr(data.train, f.name)
                                                    for f in dataclasses.fields(data.train)}))
   ckpt_dir = os.path.join(args.workdir, "checkpoints")
+  from retformer_jax import errors
+
+  preempted = None
   if args.mode == "train":
-    loop.train(c, args.workdir, dataclasses.replace(data, val=None))
+    try:
+      loop.train(c, args.workdir, dataclasses.replace(data, val=None))
+    except errors.Preempted as e:
+      preempted = e
+      print(f"train: {e}", file=sys.stderr, flush=True)
+  # The interrupted state is evaluated too (the SIGTERM test compares it); main never does.
   r = evaluator.restore(c, ckpt_dir, data.num_classes, data.train.k, data.train.image.shape[1])
   repl = NamedSharding(r.mesh, P())
   bsh = NamedSharding(r.mesh, P("data"))
@@ -96,6 +104,8 @@ def main():
              top1=report["top1"], step=r.step, **{"param/" + k: v for k, v in flat.items()})
   if args.num_processes > 1:
     jax.distributed.shutdown()
+  if preempted is not None:
+    sys.exit(errors.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def test_sigterm_mid_run_then_restart_matches_an_uninterrupted_run(tmp_path):
   assert proc.poll() is None, "the run ended before it could be interrupted"
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=TIMEOUT)
-  assert proc.returncode == 0, err[-4000:]
-  assert "Preemption (SIGTERM): saved step" in err
+  assert proc.returncode == 75, err[-4000:]  # errors.EXIT_PREEMPTED
+  assert "preempted at step" in err and "rerun the same command to resume" in err
   interrupted = np.load(cut / "out_train.npz")
   steps_total = int(np.load(ref / "out_train.npz")["step"])
   assert 6 <= int(interrupted["step"]) < steps_total

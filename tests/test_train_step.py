@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import common
+from retformer_jax import errors, preemption
 from retformer_jax.parallel import mesh as mesh_lib
 from retformer_jax.train import checkpointing, input_pipeline, loop, synthetic
 from retformer_jax.train import state as state_lib
@@ -108,11 +109,15 @@ def test_query_set_validates_shapes():
                             neighbor_rows=data.train.neighbor_rows, kb=data.train.kb)
 
 
-def test_nan_stops_the_run_and_keeps_the_good_checkpoint(tmp_path):
+@pytest.mark.slow
+def test_nan_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, monkeypatch):
   c = tiny_config()
-  c.train.epochs = 1
+  c.train.epochs = 3
   data = synthetic.make()
-  loop.train(c, str(tmp_path), data)
+  with monkeypatch.context() as m:  # the first run is preempted after 2 steps
+    m.setattr(preemption, "reached", lambda step: step >= 2)
+    with pytest.raises(errors.Preempted, match="step 2 of"):
+      loop.train(c, str(tmp_path), data)
   ckpt_dir = str(tmp_path / "checkpoints")
   good_step = checkpointing.resolve_step(ckpt_dir)
   good = checkpointing.load_params(ckpt_dir, good_step)
@@ -122,8 +127,7 @@ def test_nan_stops_the_run_and_keeps_the_good_checkpoint(tmp_path):
                                                      neighbor_rows=data.train.neighbor_rows,
                                                      kb=data.train.kb),
                        val=data.val, train_counts=data.train_counts)
-  c.train.epochs = 3
-  with pytest.raises(loop.NonFiniteError, match="latest good checkpoint is step"):
+  with pytest.raises(loop.NonFiniteError, match="latest good checkpoint is step 2"):
     loop.train(c, str(tmp_path), bad)
   mgr = checkpointing.Checkpointer(ckpt_dir)
   assert mgr.latest_step() == good_step
@@ -149,3 +153,17 @@ def test_checkpoints_keep_the_last_n_and_the_best(tmp_path):
   np.testing.assert_array_equal(checkpointing.load_params(str(tmp_path), 4)["w"], [4.0] * 3)
   with pytest.raises(FileNotFoundError, match="available"):
     checkpointing.load_params(str(tmp_path), 3)
+
+
+@pytest.mark.slow
+def test_nan_before_any_checkpoint_says_so(tmp_path):
+  c = tiny_config()
+  data = synthetic.make()
+  image = np.full_like(np.asarray(data.train.image), np.nan)
+  bad = loop.TrainData(train=input_pipeline.QuerySet(image=image, labels=data.train.labels,
+                                                     neighbor_rows=data.train.neighbor_rows,
+                                                     kb=data.train.kb),
+                       val=None, train_counts=data.train_counts)
+  with pytest.raises(loop.NonFiniteError, match="no checkpoint was saved") as e:
+    loop.train(c, str(tmp_path), bad)
+  assert "step None" not in str(e.value)

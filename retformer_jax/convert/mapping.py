@@ -18,10 +18,12 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from retformer_jax import errors
+
 Shape = tuple[int, ...]
 
 
-class WeightImportError(ValueError):
+class WeightImportError(errors.UserError, ValueError):
   pass
 
 

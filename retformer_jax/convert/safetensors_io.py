@@ -14,7 +14,7 @@ from typing import Mapping
 import ml_dtypes
 import numpy as np
 
-from retformer_jax import atomic_io
+from retformer_jax import atomic_io, errors
 
 _DTYPES = {
     "F64": np.dtype(np.float64),
@@ -33,7 +33,7 @@ _DTYPES = {
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(errors.UserError, ValueError):
   pass
 
 

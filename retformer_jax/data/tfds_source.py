@@ -25,13 +25,13 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from retformer_jax import atomic_io
+from retformer_jax import atomic_io, errors
 from retformer_jax.data import base
 
 _SCAN_CHUNK = 2048
 
 
-class DataNotPreparedError(FileNotFoundError):
+class DataNotPreparedError(errors.UserError, FileNotFoundError):
   """The TFDS data set a config names has not been prepared in the data dir."""
 
 

@@ -53,8 +53,7 @@ def restore(config, ckpt_dir: str, num_classes: int, k: int, dim: int,
   model = loop.build_model(config, num_classes)
   example = state_lib.example_inputs(config.eval.batch_size, k, dim)
   target = state_lib.param_shardings(model, example, mesh, rules)
-  step = checkpointing.resolve_step(ckpt_dir, step)
-  params = checkpointing.load_params(ckpt_dir, step, target)
+  step, params = checkpointing.load_params_with_step(ckpt_dir, step, target)
   return Restored(mesh, rules, model, params, jax.tree.map(lambda t: t.sharding, target), step)
 
 
@@ -81,7 +80,8 @@ def evaluate(config, r: Restored, split: str, data: input_pipeline.QuerySet,
   bsh = NamedSharding(r.mesh, P("data"))
   eval_step = step_lib.jit_eval_step(r.model, r.mesh, r.rules, r.param_shardings,
                                      topk=min(5, num_classes))
-  top = predict_lib.predict(eval_step, r.params, data, config.eval.batch_size, bsh)
+  top = predict_lib.predict(eval_step, r.params, data, config.eval.batch_size, bsh,
+                            what=f"eval {split}")
   report = metrics_lib.accuracy_report(
       top, data.labels, train_counts, many_above=config.eval.many_above,
       few_below=config.eval.few_below, with_top5=config.eval.top5)

@@ -23,12 +23,13 @@ import time
 
 import numpy as np
 
+from retformer_jax import errors, preemption
 from retformer_jax.kb import hosts, layout, sources, store
 
 log = logging.getLogger(__name__)
 
 
-class EmbedJobError(ValueError):
+class EmbedJobError(errors.UserError, ValueError):
   pass
 
 
@@ -91,6 +92,10 @@ def embed_images(source, store_dir: str, encoder, *, shard_size: int, num_worker
   todo = [s for s in hosts.mine(range(num_shards)) if s not in done]
   total = sum(min(shard_size, num_items - s * shard_size) for s in todo)
   p, _ = hosts.process()
+  mine = len(hosts.mine(range(num_shards)))
+  if todo and len(todo) < mine:
+    log.info("store %s: resuming, %d of this process's %d shards already done", name,
+             mine - len(todo), mine)
   if todo:
     encoder.preprocessor  # noqa: B018  (load the tokenizer once, before the worker threads)
   bar = _progress(total, f"embed {name} [p{p}]", progress)
@@ -158,6 +163,7 @@ def embed_images(source, store_dir: str, encoder, *, shard_size: int, num_worker
           ids=np.asarray(rows["ids"], np.int64), labels=np.asarray(rows["labels"], np.int64),
           source_index=np.asarray(rows["source_index"], np.int64), captions=rows["captions"],
           skipped=skipped))
+      preemption.check(f"embedding {name}, shard {s + 1} of {num_shards} (saved)")
   bar.close()
   if total:
     log.info("embedded %d items of %s in %.1fs (%.1f items/s)", total, name, time.time() - t0,
@@ -227,5 +233,6 @@ def import_precomputed(source: sources.PrecomputedSource, store_dir: str, encode
         ids=r["ids"], labels=r["labels"], source_index=np.arange(lo, hi, dtype=np.int64),
         captions=r["captions"], skipped=[]))
     bar.update(hi - lo)
+    preemption.check(f"importing {name}, shard {s + 1} of {num_shards} (saved)")
   bar.close()
   return _join(store_dir, name, fp, source, info, num_items, shard_size)

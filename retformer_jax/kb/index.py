@@ -19,13 +19,14 @@ import os
 
 import numpy as np
 
+from retformer_jax import errors, preemption, progress
 from retformer_jax.kb import hosts, layout, store as store_lib
 
 log = logging.getLogger(__name__)
 FORMAT = "retformer-index-v1"
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(errors.UserError, ValueError):
   pass
 
 
@@ -103,12 +104,18 @@ def build(workdir: str, config) -> dict | None:
   cls = backend_class(params["backend"])
   cfg = config.index[params["backend"]]
   segments = plan(stores, params, int(config.index.segment_size))
-  for seg in hosts.mine(segments):
+  mine = hosts.mine(segments)
+  todo = [s for s in mine
+          if not os.path.exists(os.path.join(folder, s["dir"], "segment.json"))]
+  if len(todo) < len(mine):
+    log.info("index of KB %s: %d of %d segments up to date, reused", config.kb.name,
+             len(mine) - len(todo), len(mine))
+  bar = progress.Progress(f"index of KB {config.kb.name}",
+                          sum(s["count"] for s in todo), "vectors")
+  for seg in todo:
+    preemption.check(f"indexing KB {config.kb.name!r}, before segment {seg['dir']}")
     seg_dir = os.path.join(folder, seg["dir"])
     seg_json = os.path.join(seg_dir, "segment.json")
-    if os.path.exists(seg_json):
-      log.info("segment %s is up to date, reusing it", seg["dir"])
-      continue
     st = by_name[seg["source"]]
     lo, hi = seg["rows"]
     log.info("indexing %s rows [%d, %d) with %s", st.name, lo, hi, params["backend"])
@@ -117,6 +124,8 @@ def build(workdir: str, config) -> dict | None:
     index.save(seg_dir)
     layout.write_json(seg_json, {**seg, "store_fingerprint": st.fingerprint,
                                  "encoder": st.encoder, "dim": st.dim, **params})
+    bar.update(seg["count"])
+  bar.done()
   hosts.barrier(f"index-segments-{config.kb.name}")
   manifest = None
   if hosts.process()[0] == 0:

@@ -8,9 +8,10 @@ Default "HNSW{M},Flat" with efConstruction / efSearch from the config; IVF facto
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from retformer_jax import atomic_io
 
 FILE = "index.faiss"
 
@@ -83,7 +84,7 @@ class FaissIndex:
     import faiss
 
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".faiss")
+    fd, tmp = atomic_io.mkstemp(folder, prefix=".tmp-", suffix=".faiss")
     os.close(fd)
     try:
       faiss.write_index(self.index, tmp)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 import numpy as np
+
+from retformer_jax import atomic_io
 
 _MIN_TREE = 512
 
@@ -86,7 +87,7 @@ class ScannIndex:
 
   def save(self, folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=folder, prefix=".tmp-scann-")
+    tmp = atomic_io.mkdtemp(folder, prefix=".tmp-scann-")
     self.searcher.serialize(tmp, relative_path=True)
     final = os.path.join(folder, "scann")
     if os.path.exists(final):

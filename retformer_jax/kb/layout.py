@@ -28,7 +28,7 @@ import json
 import os
 import re
 
-from retformer_jax import atomic_io
+from retformer_jax import atomic_io, errors
 
 KINDS = ("labelled", "tfds", "wds", "clipret")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")
@@ -39,7 +39,7 @@ _TFDS_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _TFDS_SPLIT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-class SourceSpecError(ValueError):
+class SourceSpecError(errors.UserError, ValueError):
   pass
 
 

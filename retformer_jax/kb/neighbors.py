@@ -19,6 +19,7 @@ import shutil
 
 import numpy as np
 
+from retformer_jax import atomic_io, errors, preemption, progress
 from retformer_jax.kb import hosts, layout
 from retformer_jax.kb import index as index_lib
 from retformer_jax.kb.knowledge_base import KnowledgeBase
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 FORMAT = "retformer-neighbors-v1"
 
 
-class NeighborsError(ValueError):
+class NeighborsError(errors.UserError, ValueError):
   pass
 
 
@@ -106,16 +107,23 @@ def compute_split(workdir: str, config, split: str, kb: KnowledgeBase,
   hosts.barrier(f"nb-job-{split}")
   n, k, chunk = query.count, int(config.neighbors.k), int(config.neighbors.chunk_size)
   chunks = range(-(-n // chunk))
-  for c in hosts.mine(chunks):
+  todo = [c for c in hosts.mine(chunks)
+          if not os.path.exists(os.path.join(parts, f"{c:06d}.npz"))]
+  if len(todo) < len(hosts.mine(chunks)):
+    log.info("neighbours of %s: resuming, %d of %d chunks already done", split,
+             len(hosts.mine(chunks)) - len(todo), len(hosts.mine(chunks)))
+  bar = progress.Progress(f"neighbours of {split}", len(todo), "chunks")
+  for c in todo:
     path = os.path.join(parts, f"{c:06d}.npz")
-    if os.path.exists(path):
-      continue
     lo, hi = c * chunk, min(n, (c + 1) * chunk)
     own = None if offset is None else offset + np.arange(lo, hi, dtype=np.int64)
     rows, sims = search_excluding(np.asarray(query.image[lo:hi]), own, kb, index.search, k,
                                   exclude_duplicates=bool(config.neighbors.exclude_duplicates),
                                   extra_depth=int(config.neighbors.extra_depth))
-    _save_npz(path, rows=rows, sims=sims)
+    atomic_io.save_npz(path, rows=rows, sims=sims)
+    bar.update()
+    preemption.check(f"neighbours of {split!r}, chunk {c + 1} of {len(chunks)}")
+  bar.done()
   hosts.barrier(f"nb-parts-{split}")
   manifest = None
   if hosts.process()[0] == 0:
@@ -134,13 +142,3 @@ def compute_split(workdir: str, config, split: str, kb: KnowledgeBase,
     shutil.rmtree(parts, ignore_errors=True)
   hosts.barrier(f"nb-done-{split}")
   return manifest
-
-
-def _save_npz(path: str, **arrays) -> None:
-  import tempfile
-
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
-  with os.fdopen(fd, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)

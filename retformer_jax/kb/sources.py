@@ -28,6 +28,7 @@ import tarfile
 
 import numpy as np
 
+from retformer_jax import errors
 from retformer_jax.kb import layout
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -50,7 +51,7 @@ class FatalExampleError(ValueError):
   """An example the embed job must stop on rather than skip (inconsistent or refused input)."""
 
 
-class SourceLayoutError(ValueError):
+class SourceLayoutError(errors.UserError, ValueError):
   pass
 
 

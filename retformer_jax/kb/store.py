@@ -22,13 +22,13 @@ import tempfile
 
 import numpy as np
 
-from retformer_jax import atomic_io
+from retformer_jax import atomic_io, errors
 from retformer_jax.kb import layout
 
 FORMAT = "retformer-store-v1"
 
 
-class StoreError(ValueError):
+class StoreError(errors.UserError, ValueError):
   pass
 
 

@@ -11,13 +11,15 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
+from retformer_jax import errors
+
 # transformers' activation names (ACT2FN) that CLIP configs use and we implement.
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh",
                "gelu_fast", "gelu_accurate", "relu", "silu", "swish", "tanh", "sigmoid")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ClipConfigError(ValueError):
+class ClipConfigError(errors.UserError, ValueError):
   pass
 
 

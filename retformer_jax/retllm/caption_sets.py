@@ -22,8 +22,10 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from retformer_jax import errors
 
-class CaptionSetError(ValueError):
+
+class CaptionSetError(errors.UserError, ValueError):
   pass
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Protocol, Sequence
 from absl import logging
 import numpy as np
 
-from retformer_jax import atomic_io
+from retformer_jax import atomic_io, preemption
 from retformer_jax.retllm import caption_sets
 from retformer_jax.retllm import coarse
 from retformer_jax.retllm import ranking
@@ -99,6 +99,7 @@ def _score_direction(direction: str, data: caption_sets.CaptionSet, cands: np.nd
                          f"remove {out_dir} to rescore.")
     p, e = _score_chunk(get_scorer(), direction, data, q_chunk, cands[q_chunk, :k])
     atomic_io.save_npz(path, queries=q_chunk, candidates=cands[q_chunk, :k], p_true=p, entropy=e)
+    preemption.check(f"RetLLM {direction}, chunk {c + 1} of {num_chunks} (saved)")
     p_all.append(p)
     e_all.append(e)
     scored += len(q_chunk)

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import ml_collections
 
+from retformer_jax import errors
+
 
 class Stage(Protocol):
   def __call__(self, config: ml_collections.ConfigDict, workdir: str) -> None: ...
@@ -28,7 +30,7 @@ STAGES: dict[str, str] = {
 }
 
 
-class UnknownStageError(ValueError):
+class UnknownStageError(errors.UserError, ValueError):
   pass
 
 

@@ -2,9 +2,11 @@
 each of config.data.eval_splits, with plots, into WORKDIR/eval/<split>/.
 
 The checkpoint is config.checkpoint.step (-1 = best by validation top-1 if recorded, else the
-latest), restored straight into this job's mesh. A split whose metrics already match the
-checkpoint and the neighbours on disk is skipped. To evaluate against an updated KB, rerun the
-index and neighbors stages with the new config.kb.sources, then this stage.
+latest; a damaged one is reported and the next newest used), restored straight into this job's
+mesh. Only a run that finished training is reported, unless a step is asked for explicitly. A
+split whose metrics already match the run, the checkpoint and the neighbours on disk is
+skipped. To evaluate against an updated KB, rerun the index and neighbors stages with the new
+config.kb.sources, then this stage.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from absl import logging
 from retformer_jax import atomic_io
 from retformer_jax.data import registry
 from retformer_jax.evaluation import evaluator
-from retformer_jax.train import checkpointing, from_kb
+from retformer_jax.train import checkpointing, from_kb, run_record
 from retformer_jax.train.metric_writer import MetricWriter
 
 
-def _inputs_key(config, step: int, nb_fingerprint: str) -> dict:
-  return {"step": step, "neighbors": nb_fingerprint, "model": config.model.to_dict(),
+def _inputs_key(config, run: str, step: int, nb_fingerprint: str) -> dict:
+  return {"run": run, "step": step, "neighbors": nb_fingerprint,
+          "model": config.model.to_dict(),
           "many_above": config.eval.many_above, "few_below": config.eval.few_below,
           "top5": config.eval.top5}
 
@@ -37,6 +40,7 @@ def run(config, workdir: str) -> None:
   kb = api.open_kb(workdir, config)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   step = config.checkpoint.step
+  record = run_record.for_eval(ckpt_dir, config, explicit_step=step >= 0)
   restored = None
   writer = MetricWriter(os.path.join(workdir, "eval"))
   try:
@@ -45,7 +49,7 @@ def run(config, workdir: str) -> None:
       nb_fp = api.load_neighbors(workdir, config, split).fingerprint
       out_dir = os.path.join(workdir, "eval", split)
       resolved = checkpointing.resolve_step(ckpt_dir, step)
-      key = _inputs_key(config, resolved, nb_fp)
+      key = _inputs_key(config, record["fingerprint"], resolved, nb_fp)
       key_path = os.path.join(out_dir, "inputs.json")
       if os.path.exists(key_path) and os.path.exists(os.path.join(out_dir, "metrics.json")):
         with open(key_path) as f:
@@ -56,7 +60,9 @@ def run(config, workdir: str) -> None:
             continue
       if restored is None:
         restored = evaluator.restore(config, ckpt_dir, labelled.num_classes, data.k,
-                                     data.image.shape[1], resolved)
+                                     data.image.shape[1], step)
+      if restored.step != resolved:  # the resolved checkpoint was damaged; an older one is used
+        key = _inputs_key(config, record["fingerprint"], restored.step, nb_fp)
       store = api.open_query_store(workdir, config, split)
       source = labelled.splits.get(split)
       image = ((lambda row: source[int(store.source_index[row])]["image"])

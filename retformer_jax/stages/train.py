@@ -28,4 +28,10 @@ def run(config, workdir: str) -> None:
     raise ValueError(f"Training labels reach {known.max()} but {config.data.name} has "
                      f"{len(counts)} classes; the query store belongs to another data set — "
                      f"delete {os.path.join(workdir, 'store')} entries and rerun embed.")
-  loop.train(config, workdir, loop.TrainData(train=train, val=val, train_counts=counts))
+  fingerprints = {config.data.train_split: api.load_neighbors(
+      workdir, config, config.data.train_split).fingerprint}
+  if config.train.eval_split:
+    fingerprints[config.train.eval_split] = api.load_neighbors(
+        workdir, config, config.train.eval_split).fingerprint
+  loop.train(config, workdir, loop.TrainData(train=train, val=val, train_counts=counts,
+                                             neighbor_fingerprints=fingerprints))
