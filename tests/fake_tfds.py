@@ -70,3 +70,25 @@ def cifar100(data_dir, train_labels, test_labels, names: list[str],
   return write(data_dir, "cifar100", version, features,
                {"train": records(train_labels, "train", lambda i: i),
                 "test": records(test_labels, "test", lambda i: -1 - i)})
+
+
+def coco_captions(data_dir, captions: list[list[str]], split: str = "test",
+                  version: str = "1.1.0", config: str = "2014") -> str:
+  """A `coco_captions/2014`-shaped set (features as TFDS's builder: `image`, `image/filename`,
+  `image/id`, `captions` = Sequence({'id', 'text'}), `objects`); record i has the image
+  image(i), COCO id 1000 + i and the captions captions[i] in that order (may be empty)."""
+  features = {
+      "image": tfds.features.Image(shape=(None, None, 3)),
+      "image/filename": tfds.features.Text(),
+      "image/id": np.int64,
+      "captions": tfds.features.Sequence({"text": np.str_, "id": np.int64}),
+      "objects": tfds.features.Sequence({"id": np.int64, "bbox": tfds.features.BBoxFeature(),
+                                         "label": tfds.features.ClassLabel(num_classes=80)}),
+  }
+  records = [{"image": image(i), "image/filename": f"COCO_val2014_{1000 + i:012d}.jpg",
+              "image/id": 1000 + i,
+              "captions": [{"text": t, "id": 10 * i + j} for j, t in enumerate(texts)],
+              "objects": [{"id": i, "bbox": np.array([0.1, 0.1, 0.5, 0.5], np.float32),
+                           "label": i % 80}]}
+             for i, texts in enumerate(captions)]
+  return write(data_dir, "coco_captions", version, features, {split: records}, config=config)

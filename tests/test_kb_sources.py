@@ -306,19 +306,24 @@ def test_tfds_source_with_a_config_and_a_version(tmp_path):
     sources.open_source(layout.parse_source("tfds:corrupt_mini:train", c.data), c)
 
 
-def test_tfds_source_must_be_a_classification_set(tmp_path):
+def test_tfds_source_needs_labels_or_captions(tmp_path):
   import tensorflow_datasets as tfds
 
   import fake_tfds
 
-  features = {"image": tfds.features.Image(shape=(None, None, 3)),
-              "captions": tfds.features.Sequence({"text": tfds.features.Text()})}
-  fake_tfds.write(tmp_path / "tfds", "caps_mini", "1.1.0", features,
-                  {"test": [{"image": fake_tfds.image(0), "captions": {"text": ["a cat"]}}]},
-                  config="2014")
+  # Neither a ClassLabel `label` nor captions (`captions` here holds ids, not text).
+  features = {"image": tfds.features.Image(shape=(None, None, 3)), "image/id": np.int64,
+              "captions": tfds.features.Sequence({"id": np.int64})}
+  fake_tfds.write(tmp_path / "tfds", "boxes_mini", "1.1.0", features,
+                  {"test": [{"image": fake_tfds.image(0), "image/id": 7,
+                             "captions": [{"id": 1}]}]}, config="2014")
   c = common.get_config()
   c.data.tfds_data_dir = str(tmp_path / "tfds")
-  with pytest.raises(sources.SourceLayoutError, match=r"Source 'tfds:caps_mini\+2014:test': a "
-                     r"TFDS source must be an image-classification set .* has \['captions', "
-                     r"'image'\]"):
-    sources.open_source(layout.parse_source("tfds:caps_mini/2014:test", c.data), c)
+  with pytest.raises(sources.SourceLayoutError) as e:
+    sources.open_source(layout.parse_source("tfds:boxes_mini/2014:test", c.data), c)
+  msg = str(e.value)
+  assert msg.startswith("Source 'tfds:boxes_mini+2014:test': a TFDS source must be an "
+                        "image-classification set (an Image 'image' and a ClassLabel 'label'), "
+                        "or an image-caption set (an Image 'image' and 'captions' / 'caption'")
+  assert msg.endswith("'boxes_mini/2014' has ['captions', 'image', 'image/id']. Other "
+                      "image-text data: write webdataset shards, use a wds: source.")

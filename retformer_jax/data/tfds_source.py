@@ -3,10 +3,11 @@
 `open_prepared` finds `<tfds_data_dir>/<name>/<version>/` and opens it from its
 `dataset_info.json` alone (no builder code runs, so no TensorFlow), failing with the command
 that prepares it when it is missing. `TfdsSplit` wraps one split (optionally a subset of its
-records) into the example schema of data/base.py. What needs a scan of a whole split (its
-labels and other per-record columns; the rows that match a split list) is cached as .npy files
-under `data.cache_dir` (a local path), keyed by the data set's version and shard layout, since
-a scan reads every record.
+records) into the example schema of data/base.py; `caption_path` finds where an image-caption
+set (e.g. coco_captions) keeps its captions, and `TfdsSplit` can take each record's first one
+as its text. What needs a scan of a whole split (its labels and other per-record columns; the
+rows that match a split list) is cached as .npy files under `data.cache_dir` (a local path),
+keyed by the data set's version and shard layout, since a scan reads every record.
 """
 
 from __future__ import annotations
@@ -188,6 +189,47 @@ class PreparedDataset:
                         {field: (field, lambda values: np.asarray(values, np.int64))})[field]
 
 
+CAPTION_NAMES = ("captions", "caption")  # features that may hold an image's captions
+
+
+def _is_string(feature) -> bool:
+  """A scalar string feature: a Text, or a string Tensor (coco_captions' `captions/text`)."""
+  return (isinstance(feature, tfds.features.Tensor) and tuple(feature.shape) == ()
+          and np.dtype(feature.np_dtype).kind in "OSU")
+
+
+def caption_path(features) -> tuple[str, ...] | None:
+  """Where a set's features keep an image's captions, as keys into a record: (name, "text") for
+  a Sequence of dicts with a string `text` (coco_captions: `captions`), (name,) for a string
+  feature or a Sequence of strings; `name` is "captions" or "caption". None when there is none;
+  an error when both names hold captions (which one is meant would be a guess)."""
+  features, found = dict(features.items()), []
+  for name in CAPTION_NAMES:
+    feature = features.get(name)
+    if _is_string(feature):
+      found.append((name,))
+    elif isinstance(feature, tfds.features.Sequence):
+      inner = feature.feature
+      if _is_string(inner):
+        found.append((name,))
+      elif (isinstance(inner, tfds.features.FeaturesDict)
+            and _is_string(dict(inner.items()).get("text"))):
+        found.append((name, "text"))
+  if len(found) > 1:
+    raise ValueError(f"both {['/'.join(p) for p in found]} hold captions; which one is meant "
+                     "is ambiguous")
+  return found[0] if found else None
+
+
+def record_captions(record, path: Sequence[str]) -> list[str]:
+  """All captions of a record at `path` (see caption_path), decoded, in stored order."""
+  value = record
+  for key in path:
+    value = value[key]
+  values = [value] if isinstance(value, (bytes, str)) else list(value)
+  return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
 def decode_image(data: bytes) -> np.ndarray:
   """Encoded image -> uint8 [H, W, 3] RGB (grey, CMYK and palette images are converted)."""
   with Image.open(io.BytesIO(data)) as img:
@@ -199,12 +241,17 @@ class TfdsSplit:
 
   `rows` picks and orders records (default: all); `labels` overrides the stored labels (e.g.
   when a list carries them); `text_field` names a Text feature holding the example's text
-  (default: "", the class prompt is used downstream). The id is the position in this split.
+  (default: "", the class prompt is used downstream). `first_caption` (a `caption_path`) makes
+  the text the record's first caption, stripped, and adds `num_captions`; a record without
+  captions gets text "" and num_captions 0, for the caller to skip or refuse. The id is the
+  position in this split.
   """
 
   def __init__(self, dataset: PreparedDataset, split: str, *, labels: np.ndarray,
                rows: np.ndarray | None = None, text_field: str | None = None,
-               image_field: str = "image"):
+               image_field: str = "image", first_caption: Sequence[str] | None = None):
+    if text_field and first_caption:
+      raise ValueError("TfdsSplit takes a text_field or first_caption, not both")
     self.dataset, self.split = dataset, split
     self._rows = None if rows is None else np.asarray(rows, np.int64)
     n = dataset.num_examples(split) if self._rows is None else len(self._rows)
@@ -212,6 +259,7 @@ class TfdsSplit:
     if len(self._labels) != n:
       raise ValueError(f"{dataset.name}:{split}: {len(self._labels)} labels for {n} examples")
     self._text_field, self._image_field = text_field, image_field
+    self._first_caption = tuple(first_caption) if first_caption else None
 
   def __len__(self) -> int:
     return len(self._labels)
@@ -227,12 +275,16 @@ class TfdsSplit:
                        f"of {len(self)} examples")
     record_index = index if self._rows is None else int(self._rows[index])
     record = self.dataset.source(self.split)[record_index]
-    text = ""
+    text, extra = "", {}
     if self._text_field:
       text = record[self._text_field]
       text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+    elif self._first_caption:
+      captions = record_captions(record, self._first_caption)
+      text = captions[0].strip() if captions else ""
+      extra["num_captions"] = len(captions)
     return {"image": decode_image(record[self._image_field]), "label": int(self._labels[index]),
-            "text": text, "id": index}
+            "text": text, "id": index, **extra}
 
 
 def labelled_splits(name: str, dataset: PreparedDataset, split_map: dict[str, str],

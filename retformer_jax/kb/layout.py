@@ -10,11 +10,17 @@ A source spec (an entry of config.kb.sources) is one of
   "downstream"                 the training split of config.data ("<data.name>:<train_split>")
   "<dataset>:<split>"          a split of a labelled data set (data/registry.py)
   "[name=]tfds:<name>[/<config>][:<version>]:<split>"
-                               any prepared TFDS image-classification set (Image `image` +
-                               ClassLabel `label`; text = the class prompt with the readable
-                               class name, data/lt_lists.readable), read without TensorFlow.
-                               <version> is X.Y.Z (default: the newest prepared); e.g.
-                               "tfds:food101:train", "tfds:cifar10_corrupted/fog_5:1.0.0:test".
+                               any prepared TFDS set read without TensorFlow, either
+                               image-classification (Image `image` + ClassLabel `label`; text =
+                               the class prompt with the readable class name,
+                               data/lt_lists.readable) or, without a ClassLabel `label`,
+                               image-caption (Image `image` + `captions` / `caption`, as
+                               coco_captions; label -1, text = the first caption; an image
+                               without one is skipped or refused per
+                               config.embed.missing_caption). <version> is X.Y.Z (default: the
+                               newest prepared); e.g. "tfds:food101:train",
+                               "tfds:cifar10_corrupted/fog_5:1.0.0:test",
+                               "tfds:coco_captions/2014:test".
                                Default store name: the entry with "/" written "+".
   "[name=]wds:<dir>"           webdataset / img2dataset tar shards (KEY.jpg + KEY.txt [+ KEY.json])
   "[name=]clipret:<dir>"       precomputed clip-retrieval embeddings (img_emb/ text_emb/ metadata/)

@@ -4,6 +4,9 @@
   or any prepared TFDS image-classification set); text = the example's caption, or the class
   prompt when it has none. Registry data sets name their classes readably themselves; raw
   TFDS class names go through data/lt_lists.readable, the clean-up those readers use.
+  It also reads prepared TFDS image-caption sets (e.g. coco_captions): label -1, text = the
+  record's first caption (one text per image, as in the reference KB); an image whose caption
+  list is empty or whose first caption is blank is handled like a captionless web item.
 - WebDatasetSource: img2dataset / webdataset tar shards (KEY.jpg|png|webp + KEY.txt [+ KEY.json]),
   indexed once by scanning tar headers, then read by seeking to a member's bytes. An item with
   no caption (no KEY.txt or KEY.json caption, or an empty one) is never embedded with an empty
@@ -42,7 +45,8 @@ class CorruptExampleError(ValueError):
 
 
 class MissingCaptionError(CorruptExampleError):
-  """A web item without caption text (skipped when config.embed.missing_caption == "skip")."""
+  """A web item or TFDS caption-set image without caption text (skipped when
+  config.embed.missing_caption == "skip")."""
 
   reason = "missing_caption"
 
@@ -94,9 +98,16 @@ def _load_labelled(dataset: str, data_config):
   raise SourceLayoutError(f"Data set {dataset!r} needs retformer_jax/data/registry.py.")
 
 
+TFDS_LAYOUTS = ("an image-classification set (an Image 'image' and a ClassLabel 'label'), or an "
+                "image-caption set (an Image 'image' and 'captions' / 'caption': a Sequence of "
+                "dicts with a string 'text', as coco_captions, a Sequence of strings, or a string)")
+CAPTION_RULE = "first"  # which of an image's captions becomes its text: the first stored one
+
+
 def _tfds_split(spec: layout.SourceSpec, data_config):
-  """(random-access split, readable class names, version) of a prepared TFDS classification
-  set."""
+  """(random-access split, readable class names, version, caption path) of a prepared TFDS
+  set: a classification set (caption path None; decided by a ClassLabel `label`, even when
+  captions exist too) or else an image-caption set (no class names; labels -1)."""
   import tensorflow_datasets as tfds
 
   from retformer_jax.data import lt_lists
@@ -110,33 +121,58 @@ def _tfds_split(spec: layout.SourceSpec, data_config):
     raise layout.SourceSpecError(f"Source {spec.name!r}: TFDS set {spec.dataset!r} has no split "
                                  f"{spec.split!r}; it has {ds.splits()}.")
   features = dict(ds.builder.info.features.items())
-  if not (isinstance(features.get("image"), tfds.features.Image)
-          and isinstance(features.get("label"), tfds.features.ClassLabel)):
-    raise SourceLayoutError(
-        f"Source {spec.name!r}: a TFDS source must be an image-classification set (an Image "
-        f"'image' and a ClassLabel 'label' feature); {spec.dataset!r} has {sorted(features)}. "
-        "For image-caption pairs use a wds: source.")
+  has_image = isinstance(features.get("image"), tfds.features.Image)
+  if has_image and isinstance(features.get("label"), tfds.features.ClassLabel):
+    try:
+      names = [lt_lists.readable(n) for n in ds.class_names()]
+    except ValueError as e:
+      raise SourceLayoutError(f"Source {spec.name!r}: {e}") from e
+    labels = ds.labels(spec.split, data_config)
+    return tfds_source.TfdsSplit(ds, spec.split, labels=labels), names, ds.version, None
   try:
-    names = [lt_lists.readable(n) for n in ds.class_names()]
+    captions = tfds_source.caption_path(features)
   except ValueError as e:
-    raise SourceLayoutError(f"Source {spec.name!r}: {e}") from e
-  labels = ds.labels(spec.split, data_config)
-  return tfds_source.TfdsSplit(ds, spec.split, labels=labels), names, ds.version
+    raise SourceLayoutError(f"Source {spec.name!r}: TFDS set {spec.dataset!r}: {e}; a TFDS "
+                            f"source must be {TFDS_LAYOUTS}.") from e
+  if has_image and captions:
+    labels = np.full(ds.num_examples(spec.split), -1, np.int64)
+    split = tfds_source.TfdsSplit(ds, spec.split, labels=labels, first_caption=captions)
+    return split, [], ds.version, captions
+  raise SourceLayoutError(
+      f"Source {spec.name!r}: a TFDS source must be {TFDS_LAYOUTS}; {spec.dataset!r} has "
+      f"{sorted(features)}. Other image-text data: write webdataset shards, use a wds: source.")
 
 
 class LabelledSource:
+  """A labelled split, or a TFDS image-caption split (`captions` True): see the module doc.
 
-  def __init__(self, spec: layout.SourceSpec, data_config, prompt: str):
+  `missing_caption` (config.embed.missing_caption) applies to caption sets only: an image
+  without a caption raises MissingCaptionError ("skip") or FatalExampleError ("error").
+  """
+
+  def __init__(self, spec: layout.SourceSpec, data_config, prompt: str,
+               missing_caption: str = "skip"):
+    if missing_caption not in MISSING_CAPTION:
+      raise ValueError(f"config.embed.missing_caption={missing_caption!r}; use one of "
+                       f"{MISSING_CAPTION}.")
     self.spec = spec
     self.kind = spec.kind
     self._prompt = prompt
+    self.missing_caption = missing_caption
+    self.captions = False
     if spec.kind == "tfds":
-      self._split, self._names, version = _tfds_split(spec, data_config)
+      self._split, self._names, version, caption_path = _tfds_split(spec, data_config)
+      common = {"kind": "tfds", "dataset": spec.dataset, "version": version,
+                "split": spec.split, "data_dir": data_config.tfds_data_dir,
+                "count": len(self._split)}
+      if caption_path:
+        self.captions = True
+        # Items without a caption are never embedded under either setting: same store.
+        self._fingerprint = dict(common, layout="captions", caption_field="/".join(caption_path),
+                                 caption_rule=CAPTION_RULE, captions="required")
+        return
       names_sha = hashlib.sha256(json.dumps(self._names).encode()).hexdigest()[:16]
-      self._fingerprint = {"kind": "tfds", "dataset": spec.dataset, "version": version,
-                           "split": spec.split, "data_dir": data_config.tfds_data_dir,
-                           "prompt": prompt, "class_names_sha256": names_sha,
-                           "count": len(self._split)}
+      self._fingerprint = dict(common, prompt=prompt, class_names_sha256=names_sha)
       return
     splits = _load_labelled(spec.dataset, data_config)
     if spec.split not in splits.splits:
@@ -164,6 +200,14 @@ class LabelledSource:
     where = f"{self.spec.name}[{index}]"
     label = int(ex.get("label", -1))
     text = str(ex.get("text", "") or "")
+    if self.captions and not text.strip():
+      why = ("the caption list is empty" if ex["num_captions"] == 0
+             else "the first caption is blank")
+      if self.missing_caption == "error":
+        raise FatalExampleError(
+            f"{where}: no caption ({why}); set --config.embed.missing_caption=skip to skip "
+            "such images and list them in the store manifest.")
+      raise MissingCaptionError(f"{where}: no caption ({why})")
     if not text.strip():
       if not 0 <= label < len(self._names):
         raise FatalExampleError(f"{where}: no caption and label {label} is outside the "
@@ -375,7 +419,7 @@ class PrecomputedSource:
 
 def open_source(spec: layout.SourceSpec, config):
   if spec.kind in ("labelled", "tfds"):
-    return LabelledSource(spec, config.data, config.clip.prompt)
+    return LabelledSource(spec, config.data, config.clip.prompt, config.embed.missing_caption)
   if spec.kind == "wds":
     return WebDatasetSource(spec, config.embed.missing_caption)
   if spec.kind == "clipret":
