@@ -79,7 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.top5 = False
   c.eval.num_explained = 8  # predictions drawn in the explanation sheet
 
-  # Knowledge base: a named list of sources (see retformer_jax/kb/layout.py). Entries:
+  # Knowledge base: a named list of sources (see retformer_jax/kb/source_spec.py). Entries:
   # "downstream" (the training split of config.data), "<dataset>:<split>",
   # "[name=]tfds:<name>[/<config>][:<version>]:<split>" (a prepared TFDS classification set),
   # "[name=]wds:<dir>" (webdataset / img2dataset tars), "[name=]clipret:<dir>" (clip-retrieval

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 import fake_tfds
 from configs import common
 from retformer_jax.data import demo
+from retformer_jax.data import image_decode
 from retformer_jax.data import lt_lists
 from retformer_jax.data import registry
 from retformer_jax.data import tfds_source
@@ -30,7 +31,7 @@ def _data_config(tmp_path, name, **overrides):
 
 
 def _decoded(data: bytes) -> bytes:
-  return tfds_source.decode_image(data).tobytes()
+  return image_decode.decode_image(data).tobytes()
 
 
 def _check_schema(source, index):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from retformer_jax.kb import api, index as index_lib, layout, neighbors, store
+from retformer_jax.kb import api, index as index_lib, layout, neighbors, source_spec, store
 
 ENC = {"id": "clip-a", "weights_sha256": "a" * 64}
 D = 16
@@ -57,7 +57,7 @@ def workdir(tmp_path):
 def run_pipeline(wd, c):
   index_lib.build(wd, c)
   idx, kb = api.open_index(wd, c), api.open_kb(wd, c)
-  for split in layout.query_splits(c):
+  for split in source_spec.query_splits(c):
     neighbors.compute_split(wd, c, split, kb, idx)
 
 

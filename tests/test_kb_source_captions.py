@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from retformer_jax.kb import embed, layout, sources, store
+from retformer_jax.kb import embed, layout, source_spec, sources, store
 from test_kb_sources import write_wds
 
 
@@ -46,7 +46,7 @@ def web_items(tmp_path):
 def run(folder, workdir, missing_caption):
   c = common.get_config()
   c.embed.missing_caption = missing_caption
-  source = sources.open_source(layout.parse_source(f"web=wds:{folder}", c.data), c)
+  source = sources.open_source(source_spec.parse_source(f"web=wds:{folder}", c.data), c)
   encoder = TextRecordingEncoder()
   manifest = embed.embed_images(source, layout.store_dir(workdir, "web"), encoder,
                                 shard_size=3, num_workers=2, prefetch_batches=2, progress=False)

@@ -7,8 +7,8 @@ import tensorflow_datasets as tfds
 
 from configs import common
 import fake_tfds
-from retformer_jax.data import tfds_source
-from retformer_jax.kb import embed, layout, sources, store
+from retformer_jax.data import image_decode
+from retformer_jax.kb import embed, layout, source_spec, sources, store
 from test_kb_source_captions import TextRecordingEncoder
 
 SPEC = "tfds:coco_captions/2014:test"
@@ -34,7 +34,7 @@ def coco(tmp_path):
 def record_of(example) -> int:
   """Which fake record an example came from (TFDS stores records in its own order)."""
   found = [i for i in range(len(CAPTIONS)) if np.array_equal(
-      example["image"], tfds_source.decode_image(fake_tfds.image(i)))]
+      example["image"], image_decode.decode_image(fake_tfds.image(i)))]
   assert len(found) == 1
   return found[0]
 
@@ -47,7 +47,7 @@ def positions(src) -> dict[int, int]:
 
 def test_coco_captions_opens_with_the_first_caption_and_no_label(coco):
   c = config(coco)
-  spec = layout.parse_source(SPEC, c.data)
+  spec = source_spec.parse_source(SPEC, c.data)
   src = sources.open_source(spec, c)
   assert src.kind == "tfds" and src.captions and len(src) == len(CAPTIONS)
   where = positions(src)
@@ -66,7 +66,7 @@ def test_coco_captions_opens_with_the_first_caption_and_no_label(coco):
 
 
 def test_images_without_a_caption_are_skipped_or_refused(coco):
-  src = sources.open_source(layout.parse_source(SPEC, config(coco).data), config(coco))
+  src = sources.open_source(source_spec.parse_source(SPEC, config(coco).data), config(coco))
   where = positions(src)
   for i, why in ((3, "the caption list is empty"), (4, "the first caption is blank")):
     with pytest.raises(sources.MissingCaptionError,
@@ -74,7 +74,7 @@ def test_images_without_a_caption_are_skipped_or_refused(coco):
                        rf"\({why}\)$") as e:
       src[where[i]]
     assert e.value.reason == "missing_caption"
-  strict = sources.open_source(layout.parse_source(SPEC, config(coco).data),
+  strict = sources.open_source(source_spec.parse_source(SPEC, config(coco).data),
                                config(coco, "error"))
   assert strict[where[0]]["text"] == FIRST[0]
   with pytest.raises(sources.FatalExampleError, match=r"no caption \(the caption list is "
@@ -84,7 +84,7 @@ def test_images_without_a_caption_are_skipped_or_refused(coco):
 
 def run(tmp_path, missing_caption, workdir="w"):
   c = config(tmp_path, missing_caption)
-  source = sources.open_source(layout.parse_source(f"coco={SPEC}", c.data), c)
+  source = sources.open_source(source_spec.parse_source(f"coco={SPEC}", c.data), c)
   encoder = TextRecordingEncoder()
   manifest = embed.embed_images(source, layout.store_dir(str(tmp_path / workdir), "coco"),
                                 encoder, shard_size=4, num_workers=2, prefetch_batches=2,
@@ -120,7 +120,7 @@ def test_other_caption_layouts_and_classification_first(tmp_path):
     fake_tfds.write(tmp_path / "tfds", name, "1.0.0", dict(features, image=img),
                     {"train": [{"image": fake_tfds.image(0), field: value}]})
     c = config(tmp_path)
-    src = sources.open_source(layout.parse_source(f"tfds:{name}:train", c.data), c)
+    src = sources.open_source(source_spec.parse_source(f"tfds:{name}:train", c.data), c)
     ex = src[0]
     first = value if isinstance(value, str) else value[0]
     assert (ex["text"], ex["label"]) == (first, -1)
@@ -131,7 +131,7 @@ def test_other_caption_layouts_and_classification_first(tmp_path):
                    "caption": tfds.features.Text()},
                   {"train": [{"image": fake_tfds.image(0), "label": 0, "caption": "ignored"}]})
   c = config(tmp_path)
-  src = sources.open_source(layout.parse_source("tfds:labelled_caps:train", c.data), c)
+  src = sources.open_source(source_spec.parse_source("tfds:labelled_caps:train", c.data), c)
   assert not src.captions and (src[0]["label"], src[0]["text"]) == (0, "a photo of a apple pie.")
   assert "layout" not in src.fingerprint()
   # Both `caption` and `captions` holding text: which one is meant would be a guess.
@@ -141,4 +141,4 @@ def test_other_caption_layouts_and_classification_first(tmp_path):
                   {"train": [{"image": fake_tfds.image(0), "caption": "x", "captions": ["y"]}]})
   with pytest.raises(sources.SourceLayoutError, match=r"'two_caps': both \['captions', "
                      r"'caption'\] hold captions"):
-    sources.open_source(layout.parse_source("tfds:two_caps:train", c.data), c)
+    sources.open_source(source_spec.parse_source("tfds:two_caps:train", c.data), c)

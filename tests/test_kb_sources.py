@@ -10,7 +10,7 @@ import pytest
 
 from configs import common
 from retformer_jax.data import lt_lists, tfds_source
-from retformer_jax.kb import layout, sources
+from retformer_jax.kb import source_spec, sources
 
 
 def _png(rgb, size=(12, 10)):
@@ -66,28 +66,28 @@ def write_clipret(folder, parts, dim=8, seed=0, captions=True):
 def test_source_specs():
   c = common.get_config()
   d = c.data
-  assert layout.parse_source("downstream", d) == layout.labelled("demo", "train")
-  assert layout.parse_source("demo:val", d).name == "demo:val"
-  s = layout.parse_source("cc=wds:/data/cc3m/", d)
+  assert source_spec.parse_source("downstream", d) == source_spec.labelled("demo", "train")
+  assert source_spec.parse_source("demo:val", d).name == "demo:val"
+  s = source_spec.parse_source("cc=wds:/data/cc3m/", d)
   assert (s.name, s.kind, s.path) == ("cc", "wds", "/data/cc3m")
-  assert layout.parse_source("clipret:/x/laion400m", d).name == "emb-laion400m"
+  assert source_spec.parse_source("clipret:/x/laion400m", d).name == "emb-laion400m"
   for bad in ("wds:", "nonsense", "a b=wds:/x", "/abs/path"):
-    with pytest.raises(layout.SourceSpecError):
-      layout.parse_source(bad, d)
+    with pytest.raises(source_spec.SourceSpecError):
+      source_spec.parse_source(bad, d)
 
   c.kb.sources = ("downstream", "demo:train")
-  with pytest.raises(layout.SourceSpecError, match="more than once"):
-    layout.kb_sources(c)
+  with pytest.raises(source_spec.SourceSpecError, match="more than once"):
+    source_spec.kb_sources(c)
   c.data.eval_splits = ("test", "train", "val")
   c.train.eval_split = ""
-  assert layout.query_splits(c) == ["train", "test", "val"]
+  assert source_spec.query_splits(c) == ["train", "test", "val"]
   c.train.eval_split = "val"
-  assert layout.query_splits(c) == ["train", "val", "test"]
+  assert source_spec.query_splits(c) == ["train", "val", "test"]
 
 
 def test_tfds_source_specs():
   d = common.get_config().data
-  parse = lambda entry: layout.parse_source(entry, d)  # noqa: E731
+  parse = lambda entry: source_spec.parse_source(entry, d)  # noqa: E731
   s = parse("tfds:food101:train")
   assert (s.name, s.kind, s.dataset, s.version, s.split) == ("tfds:food101:train", "tfds",
                                                              "food101", "", "train")
@@ -107,7 +107,7 @@ def test_tfds_source_specs():
                    ("tfds:Food101:train", "'Food101' is not a TFDS name"),
                    ("tfds:food101:1.0.0:", "'' is not a TFDS split"),
                    ("tfds::train", "'' is not a TFDS name")):
-    with pytest.raises(layout.SourceSpecError) as e:
+    with pytest.raises(source_spec.SourceSpecError) as e:
       parse(bad)
     msg = str(e.value)
     assert msg.startswith(f"KB source {bad!r}: ") and why in msg, msg
@@ -120,7 +120,7 @@ def test_webdataset_source(tmp_path):
                       ("000000011", (0, 255, 0), "a green one", True)],
                      [("000000012", (0, 0, 255), "blue", False),
                       ("000000013", (9, 9, 9), "broken", False)]], corrupt_key="000000013")
-  src = sources.WebDatasetSource(layout.parse_source(f"wds:{folder}", None))
+  src = sources.WebDatasetSource(source_spec.parse_source(f"wds:{folder}", None))
   assert len(src) == 4
   ex = src[1]
   assert ex["text"] == "a green one" and ex["id"] == 11 and ex["label"] == -1
@@ -132,13 +132,13 @@ def test_webdataset_source(tmp_path):
   fp = src.fingerprint()
   assert fp["count"] == 4 and len(fp["tars"]) == 2
   with pytest.raises(sources.SourceLayoutError, match="no .tar"):
-    sources.WebDatasetSource(layout.parse_source(f"wds:{tmp_path}", None))
+    sources.WebDatasetSource(source_spec.parse_source(f"wds:{tmp_path}", None))
 
 
 def test_webdataset_non_numeric_keys_get_positions(tmp_path):
   folder = str(tmp_path / "wds")
   write_wds(folder, [[("cat", (1, 2, 3), "x", False), ("dog", (4, 5, 6), "y", False)]])
-  src = sources.WebDatasetSource(layout.parse_source(f"wds:{folder}", None))
+  src = sources.WebDatasetSource(source_spec.parse_source(f"wds:{folder}", None))
   assert [src[i]["id"] for i in range(2)] == [0, 1]
 
 
@@ -147,7 +147,7 @@ def test_webdataset_items_without_caption(tmp_path):
   write_wds(folder, [[("a", (1, 2, 3), "fine", False), ("b", (4, 5, 6), None, False),
                       ("c", (7, 8, 9), "  \n", False), ("d", (1, 1, 1), "", True),
                       ("e", (2, 2, 2), "from json", True)]])
-  spec = layout.parse_source(f"wds:{folder}", None)
+  spec = source_spec.parse_source(f"wds:{folder}", None)
   src = sources.WebDatasetSource(spec)  # default: skip
   assert len(src) == 5 and src[0]["text"] == "fine" and src[4]["text"] == "from json"
   for i, why in ((1, "no KEY.txt or KEY.json"), (2, "empty KEY.txt"),
@@ -175,7 +175,7 @@ def test_open_source_passes_the_missing_caption_setting(tmp_path):
   write_wds(folder, [[("a", (1, 2, 3), None, False)]])
   c = common.get_config()
   assert c.embed.missing_caption == "skip"
-  spec = layout.parse_source(f"wds:{folder}", c.data)
+  spec = source_spec.parse_source(f"wds:{folder}", c.data)
   assert sources.open_source(spec, c).missing_caption == "skip"
   c.embed.missing_caption = "error"
   with pytest.raises(sources.FatalExampleError, match="no KEY.txt or KEY.json"):
@@ -185,7 +185,7 @@ def test_open_source_passes_the_missing_caption_setting(tmp_path):
 def test_clip_retrieval_source(tmp_path):
   folder = str(tmp_path / "emb")
   parts = write_clipret(folder, [5, 3, 4])
-  src = sources.PrecomputedSource(layout.parse_source(f"clipret:{folder}", None))
+  src = sources.PrecomputedSource(source_spec.parse_source(f"clipret:{folder}", None))
   assert len(src) == 12 and src.dim == 8
   rows = src.read_rows(3, 10)  # spans all three files
   want_img = np.concatenate([p[0] for p in parts])[3:10].astype(np.float32)
@@ -198,16 +198,16 @@ def test_clip_retrieval_source(tmp_path):
   assert (rows["labels"] == -1).all()
   os.remove(os.path.join(folder, "text_emb", "text_emb_1.npy"))
   with pytest.raises(sources.SourceLayoutError, match="pair one-to-one"):
-    sources.PrecomputedSource(layout.parse_source(f"clipret:{folder}", None))
+    sources.PrecomputedSource(source_spec.parse_source(f"clipret:{folder}", None))
   with pytest.raises(sources.SourceLayoutError, match="clip-retrieval layout"):
-    sources.PrecomputedSource(layout.parse_source(f"clipret:{tmp_path}", None))
+    sources.PrecomputedSource(source_spec.parse_source(f"clipret:{tmp_path}", None))
 
 
 def test_labelled_source_uses_captions_then_prompts():
   c = common.get_config()
   c.data.demo.num_classes = 3
   c.data.demo.max_per_class = 4
-  src = sources.open_source(layout.parse_source("downstream", c.data), c)
+  src = sources.open_source(source_spec.parse_source("downstream", c.data), c)
   ex = src[0]
   assert ex["image"].dtype == np.uint8 and ex["label"] == 0 and ex["id"] == 0
   assert ex["text"]  # the demo's caption
@@ -253,7 +253,7 @@ def test_any_prepared_tfds_classification_set(tmp_path):
   names = ["apple_pie", "n01440764", "/b/bakery/shop"]  # a TFDS name, a wnid, a Places path
   readable = ["apple pie", "tench", "bakery shop"]
   c = _tfds_classification(tmp_path, names)
-  spec = layout.parse_source("tfds:food_mini:train", c.data)
+  spec = source_spec.parse_source("tfds:food_mini:train", c.data)
   assert (spec.kind, spec.dataset, spec.split, spec.name) == ("tfds", "food_mini", "train",
                                                                "tfds:food_mini:train")
   src = sources.open_source(spec, c)
@@ -265,14 +265,14 @@ def test_any_prepared_tfds_classification_set(tmp_path):
     assert e["text"] == f"a photo of a {readable[e['label']]}."
     assert e["image"].dtype == np.uint8 and e["image"].shape == (6, 7, 3)
   assert src.fingerprint()["version"] == "1.0.0"
-  with pytest.raises(layout.SourceSpecError, match="no split 'test'"):
-    sources.open_source(layout.parse_source("tfds:food_mini:test", c.data), c)
+  with pytest.raises(source_spec.SourceSpecError, match="no split 'test'"):
+    sources.open_source(source_spec.parse_source("tfds:food_mini:test", c.data), c)
 
 
 def test_tfds_source_text_uses_the_readers_clean_up(tmp_path):
   names = ["aquarium_fish", "apartment_building/outdoor", "n01688243"]
   c = _tfds_classification(tmp_path, names)
-  src = sources.open_source(layout.parse_source("tfds:food_mini:train", c.data), c)
+  src = sources.open_source(source_spec.parse_source("tfds:food_mini:train", c.data), c)
   texts = {src[i]["label"]: src[i]["text"] for i in range(5)}
   assert texts == {0: "a photo of a aquarium fish.", 1: "a photo of a apartment building outdoor.",
                    2: "a photo of a frilled-necked lizard."}
@@ -281,7 +281,7 @@ def test_tfds_source_text_uses_the_readers_clean_up(tmp_path):
   bad = _tfds_classification(tmp_path / "bad", ["n99999999", "dog"], name="wnid_mini")
   with pytest.raises(sources.SourceLayoutError, match=r"Source 'tfds:wnid_mini:train': Class name "
                      "'n99999999' is a WordNet id"):
-    sources.open_source(layout.parse_source("tfds:wnid_mini:train", bad.data), bad)
+    sources.open_source(source_spec.parse_source("tfds:wnid_mini:train", bad.data), bad)
 
 
 def test_tfds_source_with_a_config_and_a_version(tmp_path):
@@ -289,21 +289,21 @@ def test_tfds_source_with_a_config_and_a_version(tmp_path):
                            config="fog_5")
   _tfds_classification(tmp_path, ["fog", "snow"], name="corrupt_mini", version="1.1.0",
                        config="fog_5")
-  newest = sources.open_source(layout.parse_source("tfds:corrupt_mini/fog_5:train", c.data), c)
+  newest = sources.open_source(source_spec.parse_source("tfds:corrupt_mini/fog_5:train", c.data), c)
   assert newest.fingerprint()["version"] == "1.1.0"
   assert newest.fingerprint()["dataset"] == "corrupt_mini/fog_5"
   pinned = sources.open_source(
-      layout.parse_source("tfds:corrupt_mini/fog_5:1.0.0:train", c.data), c)
+      source_spec.parse_source("tfds:corrupt_mini/fog_5:1.0.0:train", c.data), c)
   assert pinned.fingerprint()["version"] == "1.0.0"
   assert {pinned[i]["text"] for i in range(5)} == {"a photo of a fog."}
   assert pinned.fingerprint()["class_names_sha256"] != newest.fingerprint()["class_names_sha256"]
   with pytest.raises(tfds_source.DataNotPreparedError,
                      match=r"no prepared version '2.0.0'.*it has \['1.0.0', '1.1.0'\]"):
-    sources.open_source(layout.parse_source("tfds:corrupt_mini/fog_5:2.0.0:train", c.data), c)
+    sources.open_source(source_spec.parse_source("tfds:corrupt_mini/fog_5:2.0.0:train", c.data), c)
   with pytest.raises(tfds_source.DataNotPreparedError,
                      match=r"It has builder configs \['fog_5'\]: name one as "
                      "'corrupt_mini/<config>'"):
-    sources.open_source(layout.parse_source("tfds:corrupt_mini:train", c.data), c)
+    sources.open_source(source_spec.parse_source("tfds:corrupt_mini:train", c.data), c)
 
 
 def test_tfds_source_needs_labels_or_captions(tmp_path):
@@ -320,7 +320,7 @@ def test_tfds_source_needs_labels_or_captions(tmp_path):
   c = common.get_config()
   c.data.tfds_data_dir = str(tmp_path / "tfds")
   with pytest.raises(sources.SourceLayoutError) as e:
-    sources.open_source(layout.parse_source("tfds:boxes_mini/2014:test", c.data), c)
+    sources.open_source(source_spec.parse_source("tfds:boxes_mini/2014:test", c.data), c)
   msg = str(e.value)
   assert msg.startswith("Source 'tfds:boxes_mini+2014:test': a TFDS source must be an "
                         "image-classification set (an Image 'image' and a ClassLabel 'label'), "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import io
 import json
 import os
 import threading
@@ -23,11 +22,10 @@ from typing import Callable, Sequence
 from absl import logging
 from etils import epath
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
 from retformer_jax import atomic_io, errors
-from retformer_jax.data import base
+from retformer_jax.data import base, image_decode
 
 _SCAN_CHUNK = 2048
 
@@ -230,12 +228,6 @@ def record_captions(record, path: Sequence[str]) -> list[str]:
   return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def decode_image(data: bytes) -> np.ndarray:
-  """Encoded image -> uint8 [H, W, 3] RGB (grey, CMYK and palette images are converted)."""
-  with Image.open(io.BytesIO(data)) as img:
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
 class TfdsSplit:
   """A split (or a subset of its records) as a source of {image, label, text, id} examples.
 
@@ -283,8 +275,8 @@ class TfdsSplit:
       captions = record_captions(record, self._first_caption)
       text = captions[0].strip() if captions else ""
       extra["num_captions"] = len(captions)
-    return {"image": decode_image(record[self._image_field]), "label": int(self._labels[index]),
-            "text": text, "id": index, **extra}
+    return {"image": image_decode.decode_image(record[self._image_field]),
+            "label": int(self._labels[index]), "text": text, "id": index, **extra}
 
 
 def labelled_splits(name: str, dataset: PreparedDataset, split_map: dict[str, str],

@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from retformer_jax import errors, preemption
 from retformer_jax.kb import hosts, layout, sources, store
@@ -38,8 +39,6 @@ def store_fingerprint(source_fp: dict, encoder_info: dict) -> str:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-  from tqdm import tqdm
-
   return tqdm(total=total, desc=desc, unit="img", smoothing=0.05, mininterval=2.0,
               disable=not enabled or total == 0, file=sys.stderr, dynamic_ncols=True)
 

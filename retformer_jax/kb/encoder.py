@@ -14,7 +14,13 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+
+from retformer_jax.convert import hf
+from retformer_jax.data import demo
+from retformer_jax.data.clip_preprocess import ClipPreprocessor
+from retformer_jax.models import demo_clip
+from retformer_jax.parallel import mesh as mesh_lib
 
 
 def weights_sha256(params) -> str:
@@ -43,7 +49,7 @@ class Encoder:
     self._preprocessor = preprocessor
     self.info = {"id": encoder_id, "weights_sha256": weights_sha256(params)}
     mesh = Mesh(np.asarray(self.devices), ("data",))
-    rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    rep, rows = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
     self._params = jax.device_put(params, rep)
 
     def fn(params, pixels_bhwc, ids_bt, mask_bt):
@@ -141,9 +147,6 @@ def ensure_demo_clip(config, workdir: str) -> None:
     return
   folder = demo_clip_dir(workdir)
   if jax.process_index() == 0:
-    from retformer_jax.data import demo
-    from retformer_jax.models import demo_clip
-
     spec = demo.DemoSpec.from_config(config.data.demo)
     demo_clip.build_demo_clip(folder, demo.corpus(spec), image_size=spec.image_size,
                               seed=config.seed)
@@ -151,9 +154,6 @@ def ensure_demo_clip(config, workdir: str) -> None:
 
 def load_encoder(config, workdir: str) -> Encoder:
   """The configured CLIP (or the demo CLIP) with its preprocessor, ready to embed."""
-  from retformer_jax.convert import hf
-  from retformer_jax.data.clip_preprocess import ClipPreprocessor
-
   folder = clip_folder(config, workdir)
   model, params = hf.load_clip(folder, dtype=config.clip.dtype,
                                scan_layers=config.clip.scan_layers)

@@ -7,6 +7,7 @@ process 0 while the others wait at a barrier. With one process everything is a n
 from __future__ import annotations
 
 import jax
+from jax.experimental import multihost_utils
 
 
 def process() -> tuple[int, int]:
@@ -15,8 +16,6 @@ def process() -> tuple[int, int]:
 
 def barrier(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(name)
 
 

@@ -9,7 +9,7 @@ without re-indexing (or retraining) anything else.
 
 Global KB rows are the concatenation of the sources' store rows in config order; the manifest
 (`manifest.json`) lists the segments with their row offsets. Opening the index checks every
-segment against its current store: a store re-embedded since is a clear error.
+segment against its current store: a store re-embedded since is a clear error (`open_index`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import numpy as np
 
 from retformer_jax import errors, preemption, progress
 from retformer_jax.kb import hosts, layout, store as store_lib
+from retformer_jax.kb.index_exact import ExactIndex
+from retformer_jax.kb.index_faiss import FaissIndex
+from retformer_jax.kb.index_scann import ScannIndex
 
 log = logging.getLogger(__name__)
 FORMAT = "retformer-index-v1"
@@ -32,16 +35,10 @@ class IndexMismatchError(errors.UserError, ValueError):
 
 def backend_class(name: str):
   if name == "faiss":
-    from retformer_jax.kb.index_faiss import FaissIndex
-
     return FaissIndex
   if name == "scann":
-    from retformer_jax.kb.index_scann import ScannIndex
-
     return ScannIndex
   if name == "exact":
-    from retformer_jax.kb.index_exact import ExactIndex
-
     return ExactIndex
   raise ValueError(f"config.index.backend={name!r}; use one of 'faiss', 'scann', 'exact'.")
 
@@ -81,23 +78,10 @@ def plan(stores: list[store_lib.EmbeddingStore], params: dict, segment_size: int
   return segments
 
 
-def open_stores(workdir: str, config) -> list[store_lib.EmbeddingStore]:
-  """The KB's source stores, in config order, checked to share one encoder and dim."""
-  stores = [store_lib.EmbeddingStore(layout.store_dir(workdir, s.name))
-            for s in layout.kb_sources(config)]
-  for s in stores[1:]:
-    store_lib.check_compatible(stores[0].encoder, s.encoder, f"KB source {stores[0].name!r}",
-                               f"KB source {s.name!r}")
-    if s.dim != stores[0].dim:
-      raise store_lib.StoreMismatchError(f"KB sources {stores[0].name!r} and {s.name!r} have "
-                                         f"dims {stores[0].dim} and {s.dim}.")
-  return stores
-
-
 def build(workdir: str, config) -> dict | None:
   """Builds the missing segments (round-robin over processes) and writes the manifest (process
   0); returns it on process 0. Segments whose inputs are unchanged are reused as they are."""
-  stores = open_stores(workdir, config)
+  stores = store_lib.open_stores(workdir, config)
   by_name = {st.name: st for st in stores}
   params = backend_params(config)
   folder = layout.index_dir(workdir, config.kb.name)
@@ -150,7 +134,7 @@ def is_current(workdir: str, config) -> bool:
   """True when the saved index matches the current stores, sources and backend settings."""
   try:
     manifest = read_manifest(workdir, config)
-    stores = open_stores(workdir, config)
+    stores = store_lib.open_stores(workdir, config)
   except (IndexMismatchError, store_lib.StoreError):
     return False
   want = plan(stores, backend_params(config), int(config.index.segment_size))
@@ -163,7 +147,7 @@ class KBIndex:
   def __init__(self, workdir: str, config):
     self.manifest = read_manifest(workdir, config)
     folder = layout.index_dir(workdir, config.kb.name)
-    stores = open_stores(workdir, config)
+    stores = store_lib.open_stores(workdir, config)
     names = [s.name for s in stores]
     indexed = list(dict.fromkeys(s["source"] for s in self.manifest["segments"]))
     if indexed != names:
@@ -206,6 +190,11 @@ class KBIndex:
       sims.append(s)
       rows.append(np.where(i >= 0, i + offset, -1))
     return merge_topk(np.concatenate(sims, 1), np.concatenate(rows, 1), k)
+
+
+def open_index(workdir: str, config) -> KBIndex:
+  """The saved index of KB config.kb.name, checked against the current stores."""
+  return KBIndex(workdir, config)
 
 
 def rescore(q_md: np.ndarray, ids: np.ndarray, vectors: np.ndarray, batch: int = 512):

@@ -24,7 +24,7 @@ class FaissIndex:
   name = "faiss"
 
   def __init__(self, dim: int, cfg, index=None):
-    import faiss
+    import faiss  # imported on use: only the faiss backend needs it, and it loads slowly
 
     self.cfg = cfg
     self.dim = dim
@@ -59,7 +59,7 @@ class FaissIndex:
       self.index.add(np.ascontiguousarray(x_nd[lo:lo + chunk], np.float32))
 
   def _set_search_params(self) -> None:
-    import faiss
+    import faiss  # imported on use: only the faiss backend needs it, and it loads slowly
 
     ps = faiss.ParameterSpace()
     inner = faiss.downcast_index(self.index)
@@ -81,7 +81,7 @@ class FaissIndex:
     return sims.astype(np.float32), ids.astype(np.int64)
 
   def save(self, folder: str) -> None:
-    import faiss
+    import faiss  # imported on use: only the faiss backend needs it, and it loads slowly
 
     os.makedirs(folder, exist_ok=True)
     fd, tmp = atomic_io.mkstemp(folder, prefix=".tmp-", suffix=".faiss")
@@ -96,7 +96,7 @@ class FaissIndex:
 
   @classmethod
   def load(cls, folder: str, dim: int, cfg, vectors=None) -> "FaissIndex":
-    import faiss
+    import faiss  # imported on use: only the faiss backend needs it, and it loads slowly
 
     flags = faiss.IO_FLAG_MMAP if cfg.mmap else 0
     index = faiss.read_index(os.path.join(folder, FILE), flags)

@@ -38,7 +38,7 @@ class ScannIndex:
     return leaves, min(search, leaves)
 
   def build(self, x_nd: np.ndarray, seed: int = 0) -> None:
-    import scann
+    import scann  # imported on use: only the scann backend needs it, and it loads slowly
 
     del seed  # ScaNN's k-means and AH training use their own fixed seed
     db = np.ascontiguousarray(x_nd, np.float32)
@@ -96,7 +96,7 @@ class ScannIndex:
 
   @classmethod
   def load(cls, folder: str, dim: int, cfg, vectors=None) -> "ScannIndex":
-    import scann
+    import scann  # imported on use: only the scann backend needs it, and it loads slowly
 
     searcher = scann.scann_ops_pybind.load_searcher(os.path.join(folder, "scann"))
     return cls(dim, cfg, searcher=searcher, vectors=vectors)

@@ -2,6 +2,7 @@
 
 Rows are global (source 0's rows, then source 1's, ...); gathers accept int64 rows of any shape
 and return arrays of that shape (+ [d] for vectors), reading only the rows asked for.
+`open_kb` opens the KB of a config (its config.kb.sources stores).
 """
 
 from __future__ import annotations
@@ -70,3 +71,8 @@ class KnowledgeBase:
   def captions(self, rows) -> list[str]:
     rows, which, local = self._locate(rows)
     return [self.stores[w].captions([r])[0] for w, r in zip(which, local)]
+
+
+def open_kb(workdir: str, config) -> KnowledgeBase:
+  """The KB over config.kb.sources, its stores checked to share one encoder and dim."""
+  return KnowledgeBase(store_lib.open_stores(workdir, config))

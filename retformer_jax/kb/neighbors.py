@@ -9,10 +9,12 @@ result is deterministic whichever backend found the candidates.
 Output, in WORKDIR/neighbors/<kb>/<split>/: rows.npy int64 [N, k], sims.npy float32 [N, k],
 manifest.json (written last) with the input fingerprint. Work is split in chunks of queries,
 each written atomically (parts/), round-robin over processes; process 0 joins them.
+`load_neighbors` reads them back, checked against the index and query store on disk now.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -20,8 +22,9 @@ import shutil
 import numpy as np
 
 from retformer_jax import atomic_io, errors, preemption, progress
-from retformer_jax.kb import hosts, layout
+from retformer_jax.kb import hosts, layout, source_spec
 from retformer_jax.kb import index as index_lib
+from retformer_jax.kb import store as store_lib
 from retformer_jax.kb.knowledge_base import KnowledgeBase
 
 log = logging.getLogger(__name__)
@@ -83,11 +86,7 @@ def fingerprint(index_fp: str, query_fp: str, config, excluding: bool) -> str:
 def compute_split(workdir: str, config, split: str, kb: KnowledgeBase,
                   index: index_lib.KBIndex) -> dict | None:
   """Neighbours of one query split; skipped when its manifest matches the current inputs."""
-  from retformer_jax.kb import api
-
-  query = api.open_query_store(workdir, config, split)
-  from retformer_jax.kb import store as store_lib
-
+  query = store_lib.open_query_store(workdir, config, split)
   store_lib.check_compatible(kb.encoder, query.encoder, f"KB {config.kb.name!r}",
                              f"query store {query.path}")
   offset = kb.offset_of(query.name) if config.neighbors.exclude_self else None
@@ -132,8 +131,8 @@ def compute_split(workdir: str, config, split: str, kb: KnowledgeBase,
     for c in chunks:
       with np.load(os.path.join(parts, f"{c:06d}.npz")) as z:
         rows[c * chunk:(c + 1) * chunk], sims[c * chunk:(c + 1) * chunk] = z["rows"], z["sims"]
-    layout.save_npy(os.path.join(folder, "rows.npy"), rows)
-    layout.save_npy(os.path.join(folder, "sims.npy"), sims)
+    atomic_io.save_npy(os.path.join(folder, "rows.npy"), rows)
+    atomic_io.save_npy(os.path.join(folder, "sims.npy"), sims)
     manifest = {"format": FORMAT, "fingerprint": fp, "kb": config.kb.name, "split": split,
                 "index_fingerprint": index.fingerprint, "query_store": query.name,
                 "query_fingerprint": query.fingerprint, "k": k, "count": n,
@@ -142,3 +141,53 @@ def compute_split(workdir: str, config, split: str, kb: KnowledgeBase,
     shutil.rmtree(parts, ignore_errors=True)
   hosts.barrier(f"nb-done-{split}")
   return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbors:
+  rows: np.ndarray  # int64 [N, k] global KB rows, best first
+  sims: np.ndarray  # float32 [N, k] cosine similarities
+  manifest: dict
+
+  @property
+  def k(self) -> int:
+    return self.rows.shape[1]
+
+  @property
+  def fingerprint(self) -> str:
+    return self.manifest["fingerprint"]
+
+
+def load_neighbors(workdir: str, config, split: str) -> Neighbors:
+  """The neighbours of `split`; raises when they were computed against another index, query
+  store, KB source list or k than the current ones."""
+  folder = layout.neighbors_dir(workdir, config.kb.name, split)
+  path = os.path.join(folder, "manifest.json")
+  if not os.path.exists(path):
+    raise NeighborsError(
+        f"No neighbours of split {split!r} in KB {config.kb.name!r} ({folder}); run the "
+        "neighbors stage (--config.stages=\"('neighbors',)\").")
+  manifest = layout.read_json(path)
+  query = store_lib.open_query_store(workdir, config, split)
+  index_manifest = index_lib.read_manifest(workdir, config)
+  index_fp = layout.fingerprint([index_manifest["fingerprint"], index_lib.search_params(config)])
+  indexed = list(dict.fromkeys(s["source"] for s in index_manifest["segments"]))
+  configured = [s.name for s in source_spec.kb_sources(config)]
+  if indexed != configured:
+    raise NeighborsError(
+        f"config.kb.sources gives {configured} but the index of KB {config.kb.name!r} covers "
+        f"{indexed}: rerun the index and neighbors stages "
+        "(--config.stages=\"('embed','index','neighbors')\").")
+  if manifest["index_fingerprint"] != index_fp or manifest["query_fingerprint"] != \
+      query.fingerprint:
+    raise NeighborsError(
+        f"The neighbours in {folder} were computed against another index or query store than "
+        "the ones on disk now (the KB or the embeddings changed); rerun the neighbors stage.")
+  if manifest["k"] != config.neighbors.k:
+    raise NeighborsError(
+        f"{folder} holds k={manifest['k']} neighbours but config.neighbors.k="
+        f"{config.neighbors.k}; rerun the neighbors stage.")
+  store_lib.check_compatible(manifest["encoder"], query.encoder, f"neighbours in {folder}",
+                             f"query store {query.path}")
+  return Neighbors(rows=np.load(os.path.join(folder, "rows.npy")),
+                   sims=np.load(os.path.join(folder, "sims.npy")), manifest=manifest)

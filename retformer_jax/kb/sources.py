@@ -23,16 +23,17 @@ counts and lists under its `reason` instead of stopping; `FatalExampleError` sto
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import tarfile
 
+import ml_collections
 import numpy as np
 
 from retformer_jax import errors
-from retformer_jax.kb import layout
+from retformer_jax.data import image_decode, lt_lists, registry
+from retformer_jax.kb.source_spec import KINDS, SourceSpec, SourceSpecError
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 MISSING_CAPTION = ("skip", "error")  # values of config.embed.missing_caption
@@ -68,11 +69,9 @@ def check_image(image, where: str) -> np.ndarray:
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
-  from PIL import Image
-
+  """data/image_decode.decode_image, with bad bytes raised as a CorruptExampleError."""
   try:
-    with Image.open(io.BytesIO(data)) as im:
-      return np.asarray(im.convert("RGB"))
+    return image_decode.decode_image(data)
   except Exception as e:  # PIL raises many types for bad bytes; all mean "corrupt"
     raise CorruptExampleError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
 
@@ -81,21 +80,9 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
 
 
 def _load_labelled(dataset: str, data_config):
-  import ml_collections
-
   cfg = ml_collections.ConfigDict(data_config.to_dict())
   cfg.name = dataset
-  try:
-    from retformer_jax.data import registry
-  except ImportError:
-    registry = None
-  if registry is not None:
-    return registry.load(cfg)
-  if dataset == "demo":
-    from retformer_jax.data import demo
-
-    return demo.load(cfg.demo)
-  raise SourceLayoutError(f"Data set {dataset!r} needs retformer_jax/data/registry.py.")
+  return registry.load(cfg)
 
 
 TFDS_LAYOUTS = ("an image-classification set (an Image 'image' and a ClassLabel 'label'), or an "
@@ -104,22 +91,22 @@ TFDS_LAYOUTS = ("an image-classification set (an Image 'image' and a ClassLabel 
 CAPTION_RULE = "first"  # which of an image's captions becomes its text: the first stored one
 
 
-def _tfds_split(spec: layout.SourceSpec, data_config):
+def _tfds_split(spec: SourceSpec, data_config):
   """(random-access split, readable class names, version, caption path) of a prepared TFDS
   set: a classification set (caption path None; decided by a ClassLabel `label`, even when
   captions exist too) or else an image-caption set (no class names; labels -1)."""
+  # Imported here: tensorflow_datasets is slow to import, and only tfds: sources need it.
   import tensorflow_datasets as tfds
 
-  from retformer_jax.data import lt_lists
-  from retformer_jax.data import tfds_source
+  from retformer_jax.data import tfds_source  # imports tensorflow_datasets (see above)
 
   full_name = spec.dataset + (f":{spec.version}" if spec.version else "")
   ds = tfds_source.open_prepared(
       spec.dataset, data_config.tfds_data_dir, version=spec.version,
       prepare=f"tfds build {full_name} --file_format=array_record")
   if spec.split not in ds.splits():
-    raise layout.SourceSpecError(f"Source {spec.name!r}: TFDS set {spec.dataset!r} has no split "
-                                 f"{spec.split!r}; it has {ds.splits()}.")
+    raise SourceSpecError(f"Source {spec.name!r}: TFDS set {spec.dataset!r} has no split "
+                          f"{spec.split!r}; it has {ds.splits()}.")
   features = dict(ds.builder.info.features.items())
   has_image = isinstance(features.get("image"), tfds.features.Image)
   if has_image and isinstance(features.get("label"), tfds.features.ClassLabel):
@@ -150,7 +137,7 @@ class LabelledSource:
   without a caption raises MissingCaptionError ("skip") or FatalExampleError ("error").
   """
 
-  def __init__(self, spec: layout.SourceSpec, data_config, prompt: str,
+  def __init__(self, spec: SourceSpec, data_config, prompt: str,
                missing_caption: str = "skip"):
     if missing_caption not in MISSING_CAPTION:
       raise ValueError(f"config.embed.missing_caption={missing_caption!r}; use one of "
@@ -176,8 +163,8 @@ class LabelledSource:
       return
     splits = _load_labelled(spec.dataset, data_config)
     if spec.split not in splits.splits:
-      raise layout.SourceSpecError(f"Source {spec.name!r}: data set {spec.dataset!r} has no "
-                                   f"split {spec.split!r}; it has {sorted(splits.splits)}.")
+      raise SourceSpecError(f"Source {spec.name!r}: data set {spec.dataset!r} has no "
+                            f"split {spec.split!r}; it has {sorted(splits.splits)}.")
     self._split = splits.splits[spec.split]
     self._names = list(splits.class_names)  # already prompt text: each reader cleans its names
     data = data_config.to_dict()
@@ -229,7 +216,7 @@ class WebDatasetSource:
 
   kind = "wds"
 
-  def __init__(self, spec: layout.SourceSpec, missing_caption: str = "skip"):
+  def __init__(self, spec: SourceSpec, missing_caption: str = "skip"):
     if missing_caption not in MISSING_CAPTION:
       raise ValueError(f"config.embed.missing_caption={missing_caption!r}; use one of "
                        f"{MISSING_CAPTION}.")
@@ -345,7 +332,7 @@ class PrecomputedSource:
 
   kind = "clipret"
 
-  def __init__(self, spec: layout.SourceSpec):
+  def __init__(self, spec: SourceSpec):
     self.spec = spec
     img = _numbered(os.path.join(spec.path, "img_emb"), "img_emb", "npy")
     txt = _numbered(os.path.join(spec.path, "text_emb"), "text_emb", "npy")
@@ -384,7 +371,7 @@ class PrecomputedSource:
 
   def _captions(self, fi: int) -> list[str]:
     if fi not in self._meta_cache:
-      import pyarrow.parquet as pq
+      import pyarrow.parquet as pq  # only clip-retrieval sources with metadata/ need it
 
       n = self._img[fi].shape[0]
       if not self._meta_paths:
@@ -417,11 +404,11 @@ class PrecomputedSource:
             "labels": np.full(stop - start, -1, np.int64), "captions": caps}
 
 
-def open_source(spec: layout.SourceSpec, config):
+def open_source(spec: SourceSpec, config):
   if spec.kind in ("labelled", "tfds"):
     return LabelledSource(spec, config.data, config.clip.prompt, config.embed.missing_caption)
   if spec.kind == "wds":
     return WebDatasetSource(spec, config.embed.missing_caption)
   if spec.kind == "clipret":
     return PrecomputedSource(spec)
-  raise layout.SourceSpecError(f"Unknown source kind {spec.kind!r}; use one of {layout.KINDS}.")
+  raise SourceSpecError(f"Unknown source kind {spec.kind!r}; use one of {KINDS}.")

@@ -9,6 +9,9 @@ atomically, so a killed job leaves whole shards or nothing; resuming skips the s
   captions.bin + caption_offsets.npy   utf-8 texts, row r = bin[off[r]:off[r+1]]
   manifest.json             encoder id + weights hash, dim, dtype, count, shards, skipped items
 and the manifest is written last: a store without one is unfinished.
+
+`open_query_store` and `open_stores` open the finished stores a config names: a query split's,
+and the KB sources', in config order.
 """
 
 from __future__ import annotations
@@ -18,12 +21,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
 from retformer_jax import atomic_io, errors
-from retformer_jax.kb import layout
+from retformer_jax.kb import layout, source_spec
 
 FORMAT = "retformer-store-v1"
 
@@ -71,15 +73,13 @@ def shard_path(store_dir: str, shard: int) -> str:
 
 
 def write_shard(store_dir: str, shard: int, data: ShardData) -> None:
-  path = shard_path(store_dir, shard)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   blob = "\x00".join(data.captions).encode("utf-8")
-  with atomic_io.replacing(path) as f:
-    np.savez(f, image=data.image.astype(np.float16), text=data.text.astype(np.float16),
-             ids=data.ids.astype(np.int64), labels=data.labels.astype(np.int64),
-             source_index=data.source_index.astype(np.int64),
-             captions=np.frombuffer(blob, np.uint8), num_captions=len(data.captions),
-             skipped=np.frombuffer(json.dumps(data.skipped).encode(), np.uint8))
+  atomic_io.save_npz(shard_path(store_dir, shard), image=data.image.astype(np.float16),
+                     text=data.text.astype(np.float16), ids=data.ids.astype(np.int64),
+                     labels=data.labels.astype(np.int64),
+                     source_index=data.source_index.astype(np.int64),
+                     captions=np.frombuffer(blob, np.uint8), num_captions=len(data.captions),
+                     skipped=np.frombuffer(json.dumps(data.skipped).encode(), np.uint8))
 
 
 def read_shard(store_dir: str, shard: int) -> ShardData:
@@ -118,7 +118,7 @@ def finalize(store_dir: str, *, num_items: int, shard_size: int, dim: int, meta:
     with np.load(shard_path(store_dir, s)) as z:
       rows.append(len(z["ids"]))
   count = int(sum(rows))
-  tmpdir = tempfile.mkdtemp(dir=store_dir, prefix=".final-")
+  tmpdir = atomic_io.mkdtemp(store_dir, prefix=".final-")
   outs = {n: np.lib.format.open_memmap(os.path.join(tmpdir, f"{n}.npy"), mode="w+",
                                        dtype=np.float16, shape=(count, dim))
           for n in ("image", "text")}
@@ -148,7 +148,8 @@ def finalize(store_dir: str, *, num_items: int, shard_size: int, dim: int, meta:
   for out in (*outs.values(), *ints.values()):
     out.flush()
   del outs, ints
-  np.save(os.path.join(tmpdir, "caption_offsets.npy"), np.asarray(offsets, np.int64))
+  atomic_io.save_npy(os.path.join(tmpdir, "caption_offsets.npy"),
+                     np.asarray(offsets, np.int64))
   for f in os.listdir(tmpdir):
     os.replace(os.path.join(tmpdir, f), os.path.join(store_dir, f))
   os.rmdir(tmpdir)
@@ -221,3 +222,21 @@ class EmbeddingStore:
       a, b = self._offsets[r], self._offsets[r + 1]
       out.append(bytes(self._captions[a:b]).decode("utf-8"))
     return out
+
+
+def open_query_store(workdir: str, config, split: str) -> EmbeddingStore:
+  """The store of query split `split` of config.data ("<data.name>:<split>")."""
+  return EmbeddingStore(layout.store_dir(workdir, source_spec.query_source(config, split).name))
+
+
+def open_stores(workdir: str, config) -> list[EmbeddingStore]:
+  """The KB's source stores, in config order, checked to share one encoder and dim."""
+  stores = [EmbeddingStore(layout.store_dir(workdir, s.name))
+            for s in source_spec.kb_sources(config)]
+  for s in stores[1:]:
+    check_compatible(stores[0].encoder, s.encoder, f"KB source {stores[0].name!r}",
+                     f"KB source {s.name!r}")
+    if s.dim != stores[0].dim:
+      raise StoreMismatchError(f"KB sources {stores[0].name!r} and {s.name!r} have "
+                               f"dims {stores[0].dim} and {s.dim}.")
+  return stores

@@ -143,14 +143,14 @@ TFDS_COCO = "coco_captions/2014"
 
 def coco_tfds(data_dir: str, *, split: str = "test", captions_per_image: int = 5) -> CaptionSet:
   """TFDS `coco_captions/2014` (its `test` split is Karpathy's 5k test), read without TF."""
-  from retformer_jax.data import tfds_source
+  from retformer_jax.data import image_decode, tfds_source
 
   ds = tfds_source.open_prepared(
       TFDS_COCO, data_dir,
       prepare=f"tfds build {TFDS_COCO} --file_format=array_record --data_dir=DATA_DIR")
   return from_caption_records(ds.source(split), name="coco_captions",
                               captions_per_image=captions_per_image,
-                              decode=tfds_source.decode_image)
+                              decode=image_decode.decode_image)
 
 
 def demo(demo_config, *, split: str = "test") -> CaptionSet:

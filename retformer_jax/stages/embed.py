@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 
-from retformer_jax.kb import embed, encoder as encoder_lib, hosts, layout, sources
+from retformer_jax.kb import embed, encoder as encoder_lib, hosts, layout, source_spec, sources
 
 log = logging.getLogger(__name__)
 
 
-def planned_sources(config) -> list[layout.SourceSpec]:
+def planned_sources(config) -> list[source_spec.SourceSpec]:
   """Query splits first (training split, eval splits), then the KB's sources, no repeats."""
   specs, seen = [], set()
-  for spec in [layout.query_source(config, s) for s in layout.query_splits(config)] + \
-      layout.kb_sources(config):
+  for spec in [source_spec.query_source(config, s) for s in source_spec.query_splits(config)] + \
+      source_spec.kb_sources(config):
     if spec.name not in seen:
       seen.add(spec.name)
       specs.append(spec)

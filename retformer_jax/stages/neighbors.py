@@ -7,12 +7,12 @@ See retformer_jax/kb/neighbors.py.
 
 from __future__ import annotations
 
-from retformer_jax.kb import api, layout, neighbors
+from retformer_jax.kb import api, neighbors, source_spec
 
 
 def run(config, workdir: str) -> None:
   index = api.open_index(workdir, config)
   kb = api.open_kb(workdir, config)
-  splits = list(config.neighbors.splits) or layout.query_splits(config)
+  splits = list(config.neighbors.splits) or source_spec.query_splits(config)
   for split in splits:
     neighbors.compute_split(workdir, config, split, kb, index)

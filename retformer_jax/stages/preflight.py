@@ -21,9 +21,9 @@ def check(config, names) -> None:
   """Raises errors.ConfigError when a stage in `names` would use a demo model on real data,
   and the KB's SourceSpecError for a malformed config.kb.sources entry."""
   if any(n in ("embed", "index", "neighbors", "train", "eval") for n in names):
-    from retformer_jax.kb import layout
+    from retformer_jax.kb import source_spec
 
-    layout.kb_sources(config)
+    source_spec.kb_sources(config)
   if any(n in RETFORMER_STAGES for n in names) and config.data.name != "demo" \
       and not config.clip.path:
     raise errors.ConfigError(

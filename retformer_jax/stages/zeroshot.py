@@ -18,6 +18,7 @@ from retformer_jax import atomic_io
 from retformer_jax.data import registry
 from retformer_jax.evaluation import metrics
 from retformer_jax.kb import embed, encoder as encoder_lib, hosts, layout, sources, store
+from retformer_jax.kb import source_spec
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def run(config, workdir: str) -> None:
   encoder = encoder_lib.load_encoder(config, workdir)
   prompts = encoder.encode_texts(class_prompts(config.clip.prompt, data.class_names))
   for split in config.data.eval_splits:
-    spec = layout.query_source(config, split)
+    spec = source_spec.query_source(config, split)
     folder = layout.store_dir(workdir, spec.name)
     embed.embed_images(sources.open_source(spec, config), folder, encoder,
                        shard_size=config.embed.shard_size, num_workers=config.data.num_workers,

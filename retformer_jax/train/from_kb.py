@@ -20,11 +20,11 @@ def query_set_from(store, neighbor_rows: np.ndarray, kb, k: int) -> input_pipeli
 
 
 def query_set(workdir: str, config, split: str, kb) -> input_pipeline.QuerySet:
-  from retformer_jax.kb import api, layout
+  from retformer_jax.kb import api, source_spec
 
-  if split not in layout.query_splits(config):
+  if split not in source_spec.query_splits(config):
     raise ValueError(f"Split {split!r} has no query store or neighbours: the embed/neighbors "
-                     f"stages cover {layout.query_splits(config)}. Add it to "
+                     f"stages cover {source_spec.query_splits(config)}. Add it to "
                      "--config.data.eval_splits (or clear --config.train.eval_split).")
   store = api.open_query_store(workdir, config, split)
   nb = api.load_neighbors(workdir, config, split)
