@@ -158,11 +158,75 @@ def test_pipeline_num_queries_limits_scoring(tmp_path):
   data = _gallery()
   scorer = OracleScorer()
   settings = pipeline.Settings(top_k=2, chunk_size=4, num_queries=6, scorer_identity="oracle")
-  m = pipeline.run(data, NoisyEncoder(data.num_images), lambda: scorer, str(tmp_path), settings)
+  enc = NoisyEncoder(data.num_images)
+  m = pipeline.run(data, enc, lambda: scorer, str(tmp_path), settings)
   assert scorer.queries == 12 and scorer.pairs == 24
   with open(tmp_path / "metrics.json") as f:
     assert json.load(f)["t2i_queries"] == 6
-  assert 0 <= m["i2t_r1"] <= 100
+  # With the oracle, query q hits at 1 iff its ground truth is in CLIP's top 2 (first 6 only).
+  img = enc.embed_images([data.image(i) for i in range(data.num_images)])
+  txt = enc.embed_texts(list(data.captions))
+  img, txt = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (img, txt))
+  top2_t2i = np.argsort(-(txt @ img.T), axis=1, kind="stable")[:6, :2]
+  top2_i2t = np.argsort(-(img @ txt.T), axis=1, kind="stable")[:6, :2]
+  want_t2i = 100 * np.mean([data.caption_image[q] in top2_t2i[q] for q in range(6)])
+  want_i2t = 100 * np.mean([q in data.caption_image[top2_i2t[q]] for q in range(6)])
+  assert m["t2i_r1"] == pytest.approx(want_t2i) and m["i2t_r1"] == pytest.approx(want_i2t)
+
+
+class PreferringScorer:
+  """P(True) = 0.9 for the pairs `match(image id, caption)` picks, 0.3 for the others."""
+
+  def __init__(self, match, *, entropy_only=False, batched=False):
+    self.match, self.entropy_only = match, entropy_only
+    if batched:
+      self.score_pairs = self._score_pairs
+
+  def _result(self, hits):
+    hits = np.asarray(hits, bool)
+    if self.entropy_only:  # every score equal: only the entropy tie-break can find the pair
+      return Result(np.full(len(hits), 0.5), np.where(hits, 0.1, 0.9))
+    return Result(np.where(hits, 0.9, 0.3), np.full(len(hits), 0.5))
+
+  def score_text_to_image(self, caption, images):
+    return self._result([self.match(int(im[0, 0, 0]), caption) for im in images])
+
+  def score_image_to_text(self, image, captions):
+    return self._result([self.match(int(image[0, 0, 0]), c) for c in captions])
+
+  def _score_pairs(self, images, captions, pairs):
+    return self._result([self.match(int(images[i][0, 0, 0]), captions[j]) for i, j in pairs])
+
+
+def _true_pair(image_id, caption):
+  return image_id == int(caption.split()[1])
+
+
+def _wrong_pair(image_id, caption):  # prefers the next image's captions
+  return image_id == (int(caption.split()[1]) + 1) % 12
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("entropy_only", [False, True])
+def test_a_scorer_that_prefers_the_true_pair_gives_recall_100(tmp_path, batched, entropy_only):
+  """Top K covers the whole gallery, so every ground truth is re-scored: whatever CLIP's order,
+  recall@1 must be 100 in both directions."""
+  data = _gallery()
+  settings = pipeline.Settings(top_k=24, chunk_size=5, scorer_identity="x")
+  scorer = PreferringScorer(_true_pair, entropy_only=entropy_only, batched=batched)
+  m = pipeline.run(data, NoisyEncoder(data.num_images), lambda: scorer, str(tmp_path), settings)
+  assert m["t2i_r1"] == 100.0 and m["i2t_r1"] == 100.0
+  assert m["clip_t2i_r1"] < 100.0 and m["clip_i2t_r1"] < 100.0  # the re-ranking did it
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_scorer_that_prefers_a_wrong_pair_gives_recall_0(tmp_path, batched):
+  data = _gallery()
+  settings = pipeline.Settings(top_k=24, chunk_size=5, scorer_identity="x")
+  scorer = PreferringScorer(_wrong_pair, batched=batched)
+  m = pipeline.run(data, NoisyEncoder(data.num_images), lambda: scorer, str(tmp_path), settings)
+  assert m["t2i_r1"] == 0.0 and m["i2t_r1"] == 0.0
+  assert m["clip_t2i_r1"] > 0.0 and m["clip_i2t_r1"] > 0.0  # CLIP alone finds some
 
 
 def test_pipeline_refuses_chunks_of_another_run(tmp_path):

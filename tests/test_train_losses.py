@@ -1,4 +1,4 @@
-"""LACE, label smoothing and mixup against direct numpy formulas; accuracy buckets."""
+"""LACE and label smoothing against hand-computed values, mixup, accuracy buckets."""
 
 from __future__ import annotations
 
@@ -11,31 +11,55 @@ from retformer_jax.evaluation import metrics
 from retformer_jax.train import losses
 
 
-def _np_log_softmax(x):
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+def test_label_smoothing_spreads_eps_over_all_classes():
+  # C = 3, eps = 0.3: every class gets eps / C = 0.1 and the true class 1 - eps = 0.7 more.
+  got = losses.smoothed_targets(jnp.array([0, 2]), 3, 0.3)
+  np.testing.assert_allclose(got, [[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]], atol=1e-7)
+  np.testing.assert_allclose(losses.smoothed_targets(jnp.array([1]), 3, 0.0), [[0, 1, 0]])
 
 
-def test_lace_and_label_smoothing_match_numpy():
-  r = np.random.default_rng(0)
-  logits = r.normal(size=(6, 5)).astype(np.float32) * 3
-  labels = np.array([0, 1, 4, 2, 2, 3])
-  counts = np.array([100, 50, 10, 3, 0])
-  eps, tau = 0.1, 1.5
-  prior = np.maximum(counts, 1) / np.maximum(counts, 1).sum()
-  np.testing.assert_allclose(losses.log_prior(counts), np.log(prior), rtol=1e-6)
-  t = np.full((6, 5), eps / 5)
-  t[np.arange(6), labels] += 1 - eps
-  np.testing.assert_allclose(losses.smoothed_targets(jnp.asarray(labels), 5, eps), t, atol=1e-7)
-  expect_lace = -(t * _np_log_softmax(logits + tau * np.log(prior))).sum(-1)
-  got = losses.classification_loss(jnp.asarray(logits), jnp.asarray(t), loss="lace",
-                                   log_prior_c=losses.log_prior(counts), lace_tau=tau)
-  np.testing.assert_allclose(got, expect_lace, rtol=1e-5)
-  expect_ce = -(t * _np_log_softmax(logits)).sum(-1)
-  got = losses.classification_loss(jnp.asarray(logits), jnp.asarray(t), loss="ce")
-  np.testing.assert_allclose(got, expect_ce, rtol=1e-5)
-  # LACE raises the loss of head-class predictions relative to CE: it is not a no-op.
-  assert np.abs(expect_lace - expect_ce).max() > 0.1
+def test_log_prior_by_hand():
+  # counts 6, 3, 3 -> pi = 1/2, 1/4, 1/4 -> log pi = -ln 2, -2 ln 2, -2 ln 2.
+  np.testing.assert_allclose(losses.log_prior([6, 3, 3]), [-0.6931472, -1.3862944, -1.3862944],
+                             rtol=1e-6)
+  # A class without images counts as 1: counts 6, 3, 1 -> pi = 0.6, 0.3, 0.1.
+  np.testing.assert_allclose(losses.log_prior([6, 3, 0]), [-0.5108256, -1.2039728, -2.3025851],
+                             rtol=1e-6)
+
+
+# Two examples, 3 classes, logits [ln 2, 0, 0] -> softmax [1/2, 1/4, 1/4], labels 0 and 1,
+# smoothing eps = 0.3 -> targets [0.8, 0.1, 0.1] and [0.1, 0.8, 0.1].
+LOGITS = np.array([[0.6931472, 0.0, 0.0], [0.6931472, 0.0, 0.0]], np.float32)
+LABELS = np.array([0, 1])
+
+
+def test_cross_entropy_with_label_smoothing_by_hand():
+  t = losses.smoothed_targets(jnp.asarray(LABELS), 3, 0.3)
+  got = losses.classification_loss(jnp.asarray(LOGITS), t, loss="ce")
+  # log softmax = [-ln 2, -2 ln 2, -2 ln 2]
+  # example 0: 0.8 ln 2 + 0.1 (2 ln 2) + 0.1 (2 ln 2) = 1.2 ln 2 = 0.8317766
+  # example 1: 0.1 ln 2 + 0.8 (2 ln 2) + 0.1 (2 ln 2) = 1.9 ln 2 = 1.3169796
+  np.testing.assert_allclose(got, [0.8317766, 1.3169796], rtol=1e-6)
+  # Without smoothing: ln 2 and 2 ln 2.
+  got = losses.classification_loss(jnp.asarray(LOGITS), losses.smoothed_targets(
+      jnp.asarray(LABELS), 3, 0.0), loss="ce")
+  np.testing.assert_allclose(got, [0.6931472, 1.3862944], rtol=1e-6)
+
+
+def test_lace_by_hand():
+  t = losses.smoothed_targets(jnp.asarray(LABELS), 3, 0.3)
+  got = losses.classification_loss(jnp.asarray(LOGITS), t, loss="lace",
+                                   log_prior_c=losses.log_prior([6, 3, 3]), lace_tau=2.0)
+  # logits + 2 log pi = [ln 2 - 2 ln 2, 0 - 4 ln 2, 0 - 4 ln 2] = [-ln 2, -4 ln 2, -4 ln 2]
+  # -> softmax proportional to [1/2, 1/16, 1/16] = [0.8, 0.1, 0.1]
+  # example 0: -(0.8 ln 0.8 + 0.1 ln 0.1 + 0.1 ln 0.1) = 0.8 (0.2231436) + 0.2 (2.3025851)
+  #          = 0.1785148 + 0.4605170 = 0.6390318
+  # example 1: -(0.1 ln 0.8 + 0.8 ln 0.1 + 0.1 ln 0.1) = 0.1 (0.2231436) + 0.9 (2.3025851)
+  #          = 0.0223144 + 2.0723266 = 2.0946410
+  np.testing.assert_allclose(got, [0.6390318, 2.0946410], rtol=1e-6)
+  # LACE rebalances: the head class's example costs less than with plain CE (0.8317766), the
+  # tail class's more (1.3169796).
+  assert got[0] < 0.8317766 < 1.3169796 < got[1]
 
 
 def test_bad_loss_name():
