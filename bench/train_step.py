@@ -75,32 +75,23 @@ def main():
   args = p.parse_args()
 
   import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
   from configs import common
   from retformer_jax.parallel import mesh as mesh_lib
-  from retformer_jax.train import loop, losses
-  from retformer_jax.train import state as state_lib
-  from retformer_jax.train import step as step_lib
+  from retformer_jax.train import setup as setup_lib
 
   c = common.get_config()
   c.model.num_layers, c.model.num_heads, c.model.dtype = args.layers, args.heads, args.dtype
   c.train.batch_size, c.train.loss = args.batch, "lace"
-  mesh = mesh_lib.make_mesh(c.mesh)
-  rules = mesh_lib.axis_rules(c.mesh)
-  model = loop.build_model(c, args.classes)
-  tx = state_lib.optimizer(c.train, steps_per_epoch=100)
-  example = state_lib.example_inputs(args.batch, args.k, args.dim)
-  shardings = state_lib.state_shardings(model, tx, example, mesh, rules)
-  state = state_lib.create(model, tx, example, mesh, rules, seed=0)
   counts = np.maximum(1000 * 0.99 ** np.arange(args.classes), 1).astype(np.int64)
-  fn = step_lib.train_step_fn(model, tx, step_lib.LossConfig.from_config(c.train, args.classes),
-                              losses.log_prior(counts))
-  step = step_lib.jit_train_step(fn, mesh, rules, shardings)
+  setup = setup_lib.make(c, num_classes=args.classes, k=args.k, dim=args.dim,
+                         steps_per_epoch=100, train_counts=counts)
+  state = setup.init_state(seed=0)
+  step = setup.step
   rng = np.random.default_rng(0)
   unit = lambda *s: (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True))(
       rng.standard_normal(s, dtype=np.float32))
-  bsh = NamedSharding(mesh, P("data"))
+  bsh = setup.batch_sharding
   batch = {"z": unit(args.batch, args.dim), "nb_image": unit(args.batch, args.k, args.dim),
            "nb_text": unit(args.batch, args.k, args.dim),
            "label": rng.integers(0, args.classes, args.batch).astype(np.int32)}
@@ -108,10 +99,8 @@ def main():
   key = jax.random.key(0)
 
   t = time.perf_counter()
-  with jax.set_mesh(mesh):
-    import flax.linen as nn
-    with nn.logical_axis_rules(rules):
-      compiled = step.jitted.lower(state, batch, key).compile()
+  with mesh_lib.activate(setup.mesh, setup.rules):
+    compiled = step.jitted.lower(state, batch, key).compile()
   compile_s = time.perf_counter() - t
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -15,10 +15,14 @@ import os
 import sys
 import traceback
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from retformer_jax import errors, preemption, stages
+from retformer_jax.stages import preflight
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -36,8 +40,6 @@ def _maybe_initialize_distributed() -> None:
   `jax.distributed.initialize()` auto-detects; an explicit coordinator can be given through
   JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
   """
-  import jax
-
   env = os.environ
   if env.get("JAX_COORDINATOR_ADDRESS"):
     if env.get("RETFORMER_CPU_COLLECTIVES"):
@@ -54,8 +56,6 @@ def _maybe_initialize_distributed() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from retformer_jax import errors, preemption, stages
-  from retformer_jax.stages import preflight
 
   try:
     config = FLAGS.config
@@ -68,8 +68,6 @@ def main(argv) -> None:
     stages.check_names(names)
     preflight.check(config, names)
     _maybe_initialize_distributed()
-    import jax
-
     os.makedirs(workdir, exist_ok=True)
     logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
@@ -92,9 +90,10 @@ def _verbose() -> bool:
 
 
 def _stop(status: int, line: str) -> None:
+  if status == errors.EXIT_USAGE and not _verbose():
+    line += "  (--verbose shows the traceback)"
   logging.flush()
-  sys.stderr.write(line + ("" if _verbose() else "  (--verbose shows the traceback)"
-                           if status == 2 else "") + "\n")
+  sys.stderr.write(line + "\n")
   sys.stderr.flush()
   sys.exit(status)
 

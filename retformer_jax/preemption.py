@@ -14,6 +14,9 @@ import logging
 import signal
 import threading
 
+import jax
+from jax.experimental import multihost_utils
+
 from retformer_jax import errors
 
 log = logging.getLogger(__name__)
@@ -23,8 +26,6 @@ _lock = threading.Lock()
 
 
 def _multi_process() -> bool:
-  import jax
-
   return jax.process_count() > 1
 
 
@@ -71,8 +72,6 @@ def check(where: str) -> None:
 def reached(step: int) -> bool:
   """Train loop: stop after `step`? All hosts of a multi-process job agree on the answer."""
   if _multi_process():
-    from jax.experimental import multihost_utils
-
     return bool(multihost_utils.reached_preemption_sync_point(step))
   return _state["requested"]
 

@@ -58,7 +58,7 @@ def main():
     jax.distributed.initialize(f"127.0.0.1:{args.port}", num_processes=args.num_processes,
                                process_id=args.process_id)
   import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from retformer_jax.parallel import mesh as mesh_lib
 
   from retformer_jax.evaluation import evaluator
   from retformer_jax.train import input_pipeline, loop, synthetic
@@ -78,14 +78,14 @@ def main():
   preempted = None
   if args.mode == "train":
     try:
-      loop.train(c, args.workdir, dataclasses.replace(data, val=None))
+      loop.train(c, args.workdir, data.training())
     except errors.Preempted as e:
       preempted = e
       print(f"train: {e}", file=sys.stderr, flush=True)
   # The interrupted state is evaluated too (the SIGTERM test compares it); main never does.
   r = evaluator.restore(c, ckpt_dir, data.num_classes, data.train.k, data.train.image.shape[1])
-  repl = NamedSharding(r.mesh, P())
-  bsh = NamedSharding(r.mesh, P("data"))
+  repl = mesh_lib.replicated(r.mesh)
+  bsh = mesh_lib.batch_sharding(r.mesh)
   logits_fn = jax.jit(lambda p, b: r.model.apply({"params": p}, b["z"], b["nb_image"],
                                                  b["nb_text"]), out_shardings=repl)
   logits = []

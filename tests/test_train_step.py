@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import chex
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import common
 from retformer_jax import errors, preemption
 from retformer_jax.parallel import mesh as mesh_lib
 from retformer_jax.train import checkpointing, input_pipeline, loop, synthetic
-from retformer_jax.train import state as state_lib
-from retformer_jax.train import step as step_lib
 
 
 def tiny_config():
@@ -26,27 +22,13 @@ def tiny_config():
   return c
 
 
-def _setup(c, data):
-  mesh = mesh_lib.make_mesh(c.mesh)
-  rules = mesh_lib.axis_rules(c.mesh)
-  bsh = NamedSharding(mesh, P("data"))
-  it = input_pipeline.TrainIterator(data.train, c.train.batch_size, c.seed, bsh)
-  model = loop.build_model(c, data.num_classes)
-  tx = state_lib.optimizer(c.train, it.steps_per_epoch)
-  ex = state_lib.example_inputs(c.train.batch_size, data.train.k, data.train.image.shape[1])
-  shardings = state_lib.state_shardings(model, tx, ex, mesh, rules)
-  state = state_lib.create(model, tx, ex, mesh, rules, c.seed)
-  return mesh, rules, it, model, tx, shardings, state
-
-
 def test_train_step_learns_without_recompiling_and_donates_state():
   c = tiny_config()
   data = synthetic.make()
-  mesh, rules, it, model, tx, shardings, state = _setup(c, data)
-  fn = chex.assert_max_traces(
-      step_lib.train_step_fn(model, tx, step_lib.LossConfig.from_config(c.train, 10), None),
-      n=1)
-  step = step_lib.jit_train_step(fn, mesh, rules, shardings)
+  setup = loop.make_setup(c, data.training())
+  it = input_pipeline.TrainIterator(data.train, c.train.batch_size, c.seed, setup.batch_sharding)
+  state = setup.init_state(c.seed)
+  step = setup.step
   rng = jax.random.key(0)
   batch = next(it)
   first = None
@@ -59,16 +41,18 @@ def test_train_step_learns_without_recompiling_and_donates_state():
     for k in ("grad_norm", "param_norm", "loss", "accuracy"):
       assert np.isfinite(float(m[k]))
   assert int(state.step) == 30
+  assert step.jitted._cache_size() == 1  # one compilation for every batch
   # 25 steps on one fixed batch: the loss must drop a lot (mixup keeps it above 0).
   last = float(step(state, batch, rng)[1]["loss"])
   assert last < 0.6 * first, (first, last)
+  it.close()
 
 
 def test_iterator_is_deterministic_and_resumable():
   c = tiny_config()
   data = synthetic.make()
   mesh = mesh_lib.make_mesh(c.mesh)
-  bsh = NamedSharding(mesh, P("data"))
+  bsh = mesh_lib.batch_sharding(mesh)
   a = input_pipeline.TrainIterator(data.train, 16, 7, bsh)
   ref = [np.asarray(next(a)["label"]) for _ in range(2 * a.steps_per_epoch + 3)]
   state_at = a.steps_per_epoch + 1
@@ -92,7 +76,7 @@ def test_iterator_is_deterministic_and_resumable():
 def test_eval_batches_pad_with_a_mask():
   c = tiny_config()
   data = synthetic.make()  # 40 val examples
-  bsh = NamedSharding(mesh_lib.make_mesh(c.mesh), P("data"))
+  bsh = mesh_lib.batch_sharding(mesh_lib.make_mesh(c.mesh))
   seen = []
   for batch, idx, mask in input_pipeline.eval_batches(data.val, 16, bsh):
     assert batch["z"].shape[0] == 16
@@ -117,7 +101,7 @@ def test_nan_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, monkeypatch):
   with monkeypatch.context() as m:  # the first run is preempted after 2 steps
     m.setattr(preemption, "reached", lambda step: step >= 2)
     with pytest.raises(errors.Preempted, match="step 2 of"):
-      loop.train(c, str(tmp_path), data)
+      loop.train(c, str(tmp_path), data.training())
   ckpt_dir = str(tmp_path / "checkpoints")
   good_step = checkpointing.resolve_step(ckpt_dir)
   good = checkpointing.load_params(ckpt_dir, good_step)
@@ -126,7 +110,7 @@ def test_nan_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, monkeypatch):
   bad = loop.TrainData(train=input_pipeline.QuerySet(image=image, labels=data.train.labels,
                                                      neighbor_rows=data.train.neighbor_rows,
                                                      kb=data.train.kb),
-                       val=data.val, train_counts=data.train_counts)
+                       train_counts=data.train_counts)
   with pytest.raises(loop.NonFiniteError, match="latest good checkpoint is step 2"):
     loop.train(c, str(tmp_path), bad)
   mgr = checkpointing.Checkpointer(ckpt_dir)
@@ -163,7 +147,7 @@ def test_nan_before_any_checkpoint_says_so(tmp_path):
   bad = loop.TrainData(train=input_pipeline.QuerySet(image=image, labels=data.train.labels,
                                                      neighbor_rows=data.train.neighbor_rows,
                                                      kb=data.train.kb),
-                       val=None, train_counts=data.train_counts)
+                       train_counts=data.train_counts)
   with pytest.raises(loop.NonFiniteError, match="no checkpoint was saved") as e:
     loop.train(c, str(tmp_path), bad)
   assert "step None" not in str(e.value)

@@ -13,15 +13,16 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from retformer_jax import atomic_io
 from retformer_jax.data import base
 from retformer_jax.evaluation import metrics as metrics_lib
 from retformer_jax.evaluation import plots
 from retformer_jax.evaluation import predict as predict_lib
+from retformer_jax.models import retformer
 from retformer_jax.parallel import mesh as mesh_lib
-from retformer_jax.train import checkpointing, input_pipeline, loop
+from retformer_jax.train import checkpointing, input_pipeline
+from retformer_jax.train import setup as setup_lib
 from retformer_jax.train import state as state_lib
 from retformer_jax.train import step as step_lib
 
@@ -50,11 +51,32 @@ def restore(config, ckpt_dir: str, num_classes: int, k: int, dim: int,
   """The model and its parameters, restored straight into this job's mesh."""
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.axis_rules(config.mesh)
-  model = loop.build_model(config, num_classes)
+  model = retformer.build(config.model, num_classes)
   example = state_lib.example_inputs(config.eval.batch_size, k, dim)
   target = state_lib.param_shardings(model, example, mesh, rules)
   step, params = checkpointing.load_params_with_step(ckpt_dir, step, target)
   return Restored(mesh, rules, model, params, jax.tree.map(lambda t: t.sharding, target), step)
+
+
+def accuracy(config, top: np.ndarray, data: input_pipeline.QuerySet,
+             train_counts: np.ndarray) -> dict:
+  return metrics_lib.accuracy_report(
+      top, data.labels, train_counts, many_above=config.eval.many_above,
+      few_below=config.eval.few_below, with_top5=config.eval.top5)
+
+
+def validation(config, setup: setup_lib.TrainSetup, data: input_pipeline.QuerySet,
+               train_counts: np.ndarray):
+  """`evaluate(params) -> report` on a held-out split, on the training run's mesh: the
+  callback with which the training loop picks its best checkpoint."""
+  eval_step = setup.eval_step(topk=min(5, len(train_counts)))
+
+  def evaluate(params) -> dict:
+    top = predict_lib.predict(eval_step, params, data, config.eval.batch_size,
+                              setup.batch_sharding, what="validation")
+    return accuracy(config, top, data, train_counts)
+
+  return evaluate
 
 
 def _pick_explained(labels, buckets_c, n: int) -> np.ndarray:
@@ -77,14 +99,12 @@ def evaluate(config, r: Restored, split: str, data: input_pipeline.QuerySet,
              train_counts: np.ndarray, class_names: Sequence[str], out_dir: str,
              explainer: Explainer | None = None, writer=None) -> dict:
   num_classes = len(class_names)
-  bsh = NamedSharding(r.mesh, P("data"))
+  bsh = mesh_lib.batch_sharding(r.mesh)
   eval_step = step_lib.jit_eval_step(r.model, r.mesh, r.rules, r.param_shardings,
                                      topk=min(5, num_classes))
   top = predict_lib.predict(eval_step, r.params, data, config.eval.batch_size, bsh,
                             what=f"eval {split}")
-  report = metrics_lib.accuracy_report(
-      top, data.labels, train_counts, many_above=config.eval.many_above,
-      few_below=config.eval.few_below, with_top5=config.eval.top5)
+  report = accuracy(config, top, data, train_counts)
   report["step"] = int(r.step)
   buckets = base.shot_buckets(train_counts, config.eval.many_above, config.eval.few_below)
   explained = None
@@ -92,7 +112,7 @@ def evaluate(config, r: Restored, split: str, data: input_pipeline.QuerySet,
     explained = _explain(config, r, data, top, buckets, class_names, explainer)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    np.save(os.path.join(out_dir, "predictions.npy"), top)
+    atomic_io.save_npy(os.path.join(out_dir, "predictions.npy"), top)
     atomic_io.write_json(os.path.join(out_dir, "metrics.json"), report, indent=2)
     labels = np.asarray(data.labels)
     keep = labels >= 0
@@ -116,7 +136,7 @@ def _explain(config, r, data, top, buckets, class_names, explainer) -> list[dict
     return []
   sub = input_pipeline.QuerySet(image=np.asarray(data.image[idx]), labels=data.labels[idx],
                                 neighbor_rows=data.neighbor_rows[idx], kb=data.kb)
-  bsh = NamedSharding(r.mesh, P("data"))
+  bsh = mesh_lib.batch_sharding(r.mesh)
   step = step_lib.jit_explain_step(r.model, r.mesh, r.rules, r.param_shardings)
   n_data = r.mesh.shape["data"]
   batch_size = -(-len(idx) // n_data) * n_data

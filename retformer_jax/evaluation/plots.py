@@ -16,6 +16,7 @@ _BUCKET_NAMES = ("Many", "Medium", "Few")
 
 
 def _pyplot():
+  # matplotlib costs ~1 s to import and must be switched to Agg first: only when drawing.
   import matplotlib
 
   matplotlib.use("Agg")

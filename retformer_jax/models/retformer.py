@@ -250,3 +250,8 @@ def query_attention(intermediates) -> jnp.ndarray:
     raise ValueError("No attention weights were recorded: apply the model with "
                      "mutable=['intermediates'] and use_retrieval=True with num_layers >= 1.")
   return jnp.mean(jnp.stack(rows, axis=1), axis=1)
+
+
+def build(model_config, num_classes: int) -> RetFormer:
+  """The RetFormer that `config.model` describes, for a data set of `num_classes` classes."""
+  return RetFormer(ModelConfig.from_config(model_config, num_classes))

@@ -6,8 +6,10 @@ One code path from 1 CPU device to a multi-host slice: the mesh always has axes
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -53,3 +55,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules) -> Iterator[None]:
+  """Traces and runs under `mesh` with the logical-axis `rules`: the one place both are set."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield

@@ -1,32 +1,29 @@
-"""Stage registry: the pipeline steps `main` can run, looked up by name.
+"""Stage registry: the pipeline steps `main` can run, by name, in pipeline order.
 
-Stages are imported lazily so that running `zeroshot` never imports the training stack and a
-typo in `config.stages` fails before any work starts.
+Each stage is a function `run(config, workdir)` in its own module of this package; `STAGES`
+maps the names used in `config.stages` straight to them.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Protocol
+from typing import Callable
 
 import ml_collections
 
 from retformer_jax import errors
+from retformer_jax.stages import embed, evaluate, index, neighbors, retllm, train, zeroshot
 
+Stage = Callable[[ml_collections.ConfigDict, str], None]
 
-class Stage(Protocol):
-  def __call__(self, config: ml_collections.ConfigDict, workdir: str) -> None: ...
-
-
-# name -> "module:function". Order here is the canonical pipeline order.
-STAGES: dict[str, str] = {
-    "zeroshot": "retformer_jax.stages.zeroshot:run",
-    "embed": "retformer_jax.stages.embed:run",
-    "index": "retformer_jax.stages.index:run",
-    "neighbors": "retformer_jax.stages.neighbors:run",
-    "train": "retformer_jax.stages.train:run",
-    "eval": "retformer_jax.stages.evaluate:run",
-    "retllm": "retformer_jax.stages.retllm:run",
+# Order here is the canonical pipeline order.
+STAGES: dict[str, Stage] = {
+    "zeroshot": zeroshot.run,
+    "embed": embed.run,
+    "index": index.run,
+    "neighbors": neighbors.run,
+    "train": train.run,
+    "eval": evaluate.run,
+    "retllm": retllm.run,
 }
 
 
@@ -44,6 +41,4 @@ def check_names(names) -> None:
 
 def get(name: str) -> Stage:
   check_names([name])
-  module_name, fn_name = STAGES[name].split(":")
-  module = importlib.import_module(module_name)
-  return getattr(module, fn_name)
+  return STAGES[name]

@@ -10,28 +10,32 @@ import os
 
 import numpy as np
 
+from retformer_jax import errors
 from retformer_jax.data import registry
+from retformer_jax.evaluation import evaluator
+from retformer_jax.kb import api
 from retformer_jax.train import from_kb, loop
 
 
 def run(config, workdir: str) -> None:
-  from retformer_jax.kb import api
-
   labelled = registry.load(config.data)
   kb = api.open_kb(workdir, config)
   train = from_kb.query_set(workdir, config, config.data.train_split, kb)
-  val = (from_kb.query_set(workdir, config, config.train.eval_split, kb)
-         if config.train.eval_split else None)
   counts = np.asarray(labelled.train_counts, np.int64)
   known = np.asarray(train.labels)[np.asarray(train.labels) >= 0]
   if known.size and known.max() >= len(counts):
-    raise ValueError(f"Training labels reach {known.max()} but {config.data.name} has "
-                     f"{len(counts)} classes; the query store belongs to another data set — "
-                     f"delete {os.path.join(workdir, 'store')} entries and rerun embed.")
+    raise errors.UserError(
+        f"Training labels reach {known.max()} but {config.data.name} has {len(counts)} "
+        f"classes; the query store belongs to another data set. Delete the entries of "
+        f"{os.path.join(workdir, 'store')} and rerun embed.")
   fingerprints = {config.data.train_split: api.load_neighbors(
       workdir, config, config.data.train_split).fingerprint}
+  data = loop.TrainData(train=train, train_counts=counts, neighbor_fingerprints=fingerprints)
+  setup = loop.make_setup(config, data)
+  evaluate = None
   if config.train.eval_split:
-    fingerprints[config.train.eval_split] = api.load_neighbors(
-        workdir, config, config.train.eval_split).fingerprint
-  loop.train(config, workdir, loop.TrainData(train=train, val=val, train_counts=counts,
-                                             neighbor_fingerprints=fingerprints))
+    split = config.train.eval_split
+    fingerprints[split] = api.load_neighbors(workdir, config, split).fingerprint
+    evaluate = evaluator.validation(config, setup, from_kb.query_set(workdir, config, split, kb),
+                                    counts)
+  loop.train(config, workdir, data, evaluate=evaluate, setup=setup)

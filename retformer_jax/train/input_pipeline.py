@@ -98,16 +98,22 @@ def to_global(local: dict[str, np.ndarray], sharding: NamedSharding, global_batc
           for k, v in local.items()}
 
 
+def steps_per_epoch(data: QuerySet, global_batch: int) -> int:
+  """Full batches of labelled examples per epoch (the remainder is dropped)."""
+  labelled = int(np.count_nonzero(np.asarray(data.labels) >= 0))
+  if labelled < global_batch:
+    raise ValueError(f"config.train.batch_size={global_batch} exceeds the {labelled} "
+                     "labelled training examples; lower it.")
+  return labelled // global_batch
+
+
 class TrainIterator:
   """Endless shuffled batches over the labelled examples; drops each epoch's remainder."""
 
   def __init__(self, data: QuerySet, global_batch: int, seed: int, sharding: NamedSharding):
     self.data, self.global_batch, self.sharding = data, global_batch, sharding
     self._valid = np.flatnonzero(np.asarray(data.labels) >= 0)
-    self.steps_per_epoch = len(self._valid) // global_batch
-    if self.steps_per_epoch == 0:
-      raise ValueError(f"config.train.batch_size={global_batch} exceeds the {len(self._valid)} "
-                       "labelled training examples; lower it.")
+    self.steps_per_epoch = steps_per_epoch(data, global_batch)
     n_data = sharding.mesh.shape["data"]
     if global_batch % n_data:
       raise ValueError(f"config.train.batch_size={global_batch} is not a multiple of the "

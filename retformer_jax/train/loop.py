@@ -5,7 +5,8 @@ at any moment and restarted ends with the same parameters as an uninterrupted on
 checkpoint folder records what the run was made from (`run_record`): other inputs never resume
 it silently. SIGTERM (TPU preemption) saves at the next step boundary and raises
 `errors.Preempted`. A non-finite loss or gradient stops the run before anything is saved at
-that step, so the last good checkpoints stay the latest.
+that step, so the last good checkpoints stay the latest. Validation is the caller's: an
+`evaluate(params) -> {"top1", "many", "medium", "few", ...}` callback picks the best checkpoint.
 """
 
 from __future__ import annotations
@@ -13,21 +14,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Callable
 
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from retformer_jax import errors, preemption, progress
-from retformer_jax.evaluation import metrics as metrics_lib
-from retformer_jax.evaluation import predict as predict_lib
-from retformer_jax.models import retformer
-from retformer_jax.parallel import mesh as mesh_lib
-from retformer_jax.train import checkpointing, input_pipeline, losses, run_record
-from retformer_jax.train import state as state_lib
-from retformer_jax.train import step as step_lib
+from retformer_jax.train import checkpointing, input_pipeline, run_record
+from retformer_jax.train import setup as setup_lib
 from retformer_jax.train.metric_writer import MetricWriter
+
+Evaluate = Callable[[object], dict]  # params -> accuracy report (top1, many, medium, few)
 
 
 class NonFiniteError(errors.UserError, FloatingPointError):
@@ -37,7 +35,6 @@ class NonFiniteError(errors.UserError, FloatingPointError):
 @dataclasses.dataclass(frozen=True)
 class TrainData:
   train: input_pipeline.QuerySet
-  val: input_pipeline.QuerySet | None
   train_counts: np.ndarray  # images per class in the training split
   # split -> fingerprint of the neighbours it trains / validates on (recorded with the run)
   neighbor_fingerprints: dict = dataclasses.field(default_factory=dict)
@@ -47,8 +44,12 @@ class TrainData:
     return len(self.train_counts)
 
 
-def build_model(config, num_classes: int) -> retformer.RetFormer:
-  return retformer.RetFormer(retformer.ModelConfig.from_config(config.model, num_classes))
+def make_setup(config, data: TrainData) -> setup_lib.TrainSetup:
+  """The run's setup (mesh, model, optimizer, shardings, step) for these training data."""
+  return setup_lib.make(
+      config, num_classes=data.num_classes, k=data.train.k, dim=data.train.image.shape[1],
+      steps_per_epoch=input_pipeline.steps_per_epoch(data.train, config.train.batch_size),
+      train_counts=data.train_counts)
 
 
 def _check_finite(step: int, metrics: dict, ckpt: checkpointing.Checkpointer) -> dict:
@@ -67,43 +68,31 @@ def _check_finite(step: int, metrics: dict, ckpt: checkpointing.Checkpointer) ->
   return host
 
 
-def evaluate_split(eval_step, params, data, config, train_counts, sharding) -> dict:
-  top = predict_lib.predict(eval_step, params, data, config.eval.batch_size, sharding)
-  return metrics_lib.accuracy_report(
-      top, data.labels, train_counts, many_above=config.eval.many_above,
-      few_below=config.eval.few_below, with_top5=config.eval.top5)
-
-
-def train(config, workdir: str, data: TrainData) -> dict | None:
+def train(config, workdir: str, data: TrainData, *, evaluate: Evaluate | None = None,
+          setup: setup_lib.TrainSetup | None = None) -> dict | None:
   """Trains (or resumes) to config.train.epochs; returns the last logged metrics.
 
-  Raises `errors.Preempted` after saving when SIGTERM arrives, and
-  `run_record.StaleCheckpointsError` when WORKDIR/checkpoints was trained from other inputs.
+  `evaluate(params)` runs every config.train.eval_every_epochs epochs and its top-1 picks the
+  best checkpoint; `setup` defaults to `make_setup(config, data)`. Raises `errors.Preempted`
+  after saving when SIGTERM arrives, and `run_record.StaleCheckpointsError` when
+  WORKDIR/checkpoints was trained from other inputs.
   """
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = mesh_lib.axis_rules(config.mesh)
-  bsh = NamedSharding(mesh, P("data"))
-  model = build_model(config, data.num_classes)
-  it = input_pipeline.TrainIterator(data.train, config.train.batch_size, config.seed, bsh)
-  spe = it.steps_per_epoch
-  total = int(config.train.epochs * spe)
+  setup = make_setup(config, data) if setup is None else setup
+  it = input_pipeline.TrainIterator(data.train, config.train.batch_size, config.seed,
+                                    setup.batch_sharding)
+  total = setup.total_steps
   ckpt_dir = os.path.join(workdir, "checkpoints")
   record = run_record.prepare(workdir, ckpt_dir,
                               run_record.run_inputs(config, data.neighbor_fingerprints), total,
                               config.train.changed_inputs, is_writer=jax.process_index() == 0)
   _barrier("train-run-record")
-  tx = state_lib.optimizer(config.train, spe)
-  example = state_lib.example_inputs(config.train.batch_size, data.train.k,
-                                     data.train.image.shape[1])
-  shardings = state_lib.state_shardings(model, tx, example, mesh, rules)
   ckpt = checkpointing.Checkpointer(
       ckpt_dir, keep_last=config.checkpoint.keep_last,
       keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save)
   writer = MetricWriter(os.path.join(workdir, "train"))
   try:
-    abstract = state_lib.abstract_state(model, tx, example, mesh, rules)
     restored = ckpt.restore_newest_good(
-        abstract, damaged_dir=os.path.join(workdir, "checkpoints.damaged"))
+        setup.abstract_state(), damaged_dir=os.path.join(workdir, "checkpoints.damaged"))
     if restored is not None:
       start, state, data_state = restored
       it.set_state(data_state)
@@ -112,23 +101,14 @@ def train(config, workdir: str, data: TrainData) -> dict | None:
                    it.position)
     else:
       start = 0
-      state = state_lib.create(model, tx, example, mesh, rules, config.seed)
+      state = setup.init_state(config.seed)
     if start >= total:
       logging.info("Training already finished (%d/%d steps).", start, total)
       if not record.get("finished") and jax.process_index() == 0:
         run_record.mark_finished(ckpt_dir, record, start)
       return None
-    log_prior = losses.log_prior(data.train_counts) if config.train.loss == "lace" else None
-    step_fn = step_lib.jit_train_step(
-        step_lib.train_step_fn(model, tx, step_lib.LossConfig.from_config(
-            config.train, data.num_classes), log_prior, state_lib.schedule(config.train, spe)),
-        mesh, rules, shardings)
-    eval_step = step_lib.jit_eval_step(model, mesh, rules, shardings.params,
-                                       topk=min(5, data.num_classes))
-    run = _Run(config=config, data=data, it=it, step_fn=step_fn, eval_step=eval_step,
-               batch_sharding=bsh, ckpt=ckpt, writer=writer, steps_per_epoch=spe, total=total)
     with preemption.watching():
-      host = _loop(run, state, start)
+      host = _loop(config, setup, it, ckpt, writer, evaluate, state, start)
     if jax.process_index() == 0:
       run_record.mark_finished(ckpt_dir, record, total)
     return host
@@ -145,33 +125,18 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-@dataclasses.dataclass
-class _Run:
-  """What the step loop needs besides the state: built once by `train`."""
-
-  config: object
-  data: TrainData
-  it: input_pipeline.TrainIterator
-  step_fn: object
-  eval_step: object
-  batch_sharding: NamedSharding
-  ckpt: checkpointing.Checkpointer
-  writer: MetricWriter
-  steps_per_epoch: int
-  total: int
-
-
-def _loop(run: _Run, state, start: int):
-  config, data, spe, total, ckpt, writer = (run.config, run.data, run.steps_per_epoch,
-                                            run.total, run.ckpt, run.writer)
+def _loop(config, setup: setup_lib.TrainSetup, it: input_pipeline.TrainIterator,
+          ckpt: checkpointing.Checkpointer, writer: MetricWriter, evaluate: Evaluate | None,
+          state, start: int):
+  spe, total = setup.steps_per_epoch, setup.total_steps
   rng = jax.random.key(config.seed)
   tc, cc = config.train, config.checkpoint
   host, t0, t_step = None, time.time(), start
   for step in range(start, total):
-    state, metrics = run.step_fn(state, next(run.it), rng)
+    state, metrics = setup.step(state, next(it), rng)
     done = step + 1
     epoch_end = done % spe == 0
-    do_val = (epoch_end and data.val is not None and tc.eval_every_epochs > 0
+    do_val = (epoch_end and evaluate is not None and tc.eval_every_epochs > 0
               and (done // spe) % tc.eval_every_epochs == 0)
     stop = preemption.reached(done) and done < total
     do_save = done % cc.every_steps == 0 or done == total or do_val or stop
@@ -187,14 +152,13 @@ def _loop(run: _Run, state, start: int):
                      progress.eta((total - done) / max(rate, 1e-9)))
     save_metrics = None
     if do_val:
-      report = evaluate_split(run.eval_step, state.params, data.val, config, data.train_counts,
-                              run.batch_sharding)
+      report = evaluate(state.params)
       save_metrics = {checkpointing.BEST_METRIC: report["top1"]}
       writer.write(done, {k: report[k] for k in ("top1", "many", "medium", "few")}, "val_")
       logging.info("step %d val top1 %.4f many %s medium %s few %s", done, report["top1"],
                    report["many"], report["medium"], report["few"])
     if do_save:
-      ckpt.save(done, state, run.it.get_state(), metrics=save_metrics)
+      ckpt.save(done, state, it.get_state(), metrics=save_metrics)
     if stop:
       ckpt.wait()
       raise errors.Preempted(f"step {done} of {total} (checkpoint saved in {ckpt.directory})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -138,8 +139,6 @@ def prepare(workdir: str, ckpt_dir: str, inputs: dict, total_steps: int, policy:
           f"{os.path.join(workdir, 'runs')}/ and train afresh.")
     if is_writer:
       dest = _set_aside(workdir, ckpt_dir, old_fp)
-      import logging
-
       logging.getLogger(__name__).warning(
           "Inputs changed (%s): previous run moved to %s; training afresh.", "; ".join(changes),
           dest)

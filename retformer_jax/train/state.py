@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from retformer_jax.parallel import mesh as mesh_lib
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -82,7 +84,7 @@ def create(model, tx, example, mesh: Mesh, rules, seed: int) -> TrainState:
   """The initial state, created directly in its shardings."""
   shardings = state_shardings(model, tx, example, mesh, rules)
   init = _init_fn(model, tx, example)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with mesh_lib.activate(mesh, rules):
     return jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(
         jax.random.key(seed))
 

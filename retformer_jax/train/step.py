@@ -14,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
+from retformer_jax.models import retformer
+from retformer_jax.parallel import mesh as mesh_lib
 from retformer_jax.train import losses
 from retformer_jax.train.state import TrainState
 
@@ -78,17 +80,17 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation, loss_cfg: 
 
 def batch_shardings(mesh: Mesh, with_mask: bool = False) -> dict[str, NamedSharding]:
   names = INPUTS + ("label",) + (("mask",) if with_mask else ())
-  return {k: NamedSharding(mesh, P("data")) for k in names}
+  return {k: mesh_lib.batch_sharding(mesh) for k in names}
 
 
 def jit_train_step(step_fn: Callable, mesh: Mesh, rules, state_shardings) -> Callable:
   """Jitted with explicit in/out shardings, the state donated; traced under the mesh rules."""
-  repl = NamedSharding(mesh, P())
+  repl = mesh_lib.replicated(mesh)
   jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings(mesh), repl),
                    out_shardings=(state_shardings, repl), donate_argnums=0)
 
   def call(state, batch, rng):
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with mesh_lib.activate(mesh, rules):
       return jitted(state, batch, rng)
 
   call.jitted = jitted
@@ -97,7 +99,7 @@ def jit_train_step(step_fn: Callable, mesh: Mesh, rules, state_shardings) -> Cal
 
 def jit_eval_step(model: nn.Module, mesh: Mesh, rules, param_shardings, topk: int = 5):
   """(params, batch) -> top-k class indices [B, topk], replicated on every device."""
-  repl = NamedSharding(mesh, P())
+  repl = mesh_lib.replicated(mesh)
 
   def step(params, batch):
     logits = model.apply({"params": params}, *(batch[k] for k in INPUTS), train=False)
@@ -108,7 +110,7 @@ def jit_eval_step(model: nn.Module, mesh: Mesh, rules, param_shardings, topk: in
                    out_shardings=repl)
 
   def call(params, batch):
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with mesh_lib.activate(mesh, rules):
       return jitted(params, batch)
 
   return call
@@ -116,9 +118,7 @@ def jit_eval_step(model: nn.Module, mesh: Mesh, rules, param_shardings, topk: in
 
 def jit_explain_step(model: nn.Module, mesh: Mesh, rules, param_shardings, topk: int = 1):
   """(params, batch) -> (top-k classes [B, topk], query attention [B, k + 1]), replicated."""
-  from retformer_jax.models import retformer
-
-  repl = NamedSharding(mesh, P())
+  repl = mesh_lib.replicated(mesh)
 
   def step(params, batch):
     logits, inter = model.apply({"params": params}, *(batch[k] for k in INPUTS), train=False,
@@ -129,7 +129,7 @@ def jit_explain_step(model: nn.Module, mesh: Mesh, rules, param_shardings, topk:
                    out_shardings=(repl, repl))
 
   def call(params, batch):
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with mesh_lib.activate(mesh, rules):
       return jitted(params, batch)
 
   return call

@@ -5,9 +5,25 @@ exact inner product, so retrieval carries real signal.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from retformer_jax.train import input_pipeline, loop
+
+
+@dataclasses.dataclass(frozen=True)
+class Synthetic:
+  train: input_pipeline.QuerySet
+  val: input_pipeline.QuerySet  # held out: for an `evaluate` callback
+  train_counts: np.ndarray
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.train_counts)
+
+  def training(self) -> loop.TrainData:
+    return loop.TrainData(train=self.train, train_counts=self.train_counts)
 
 
 def _unit(x):
@@ -16,7 +32,7 @@ def _unit(x):
 
 def make(num_classes: int = 10, dim: int = 16, k: int = 4, max_per_class: int = 40,
          imbalance: float = 10.0, kb_per_class: int = 8, val_per_class: int = 4,
-         noise: float = 1.0, seed: int = 0) -> loop.TrainData:
+         noise: float = 1.0, seed: int = 0) -> Synthetic:
   rng = np.random.default_rng(seed)
   proto_i = _unit(rng.normal(size=(num_classes, dim)))
   proto_t = _unit(proto_i + 0.5 * rng.normal(size=(num_classes, dim)))
@@ -35,4 +51,4 @@ def make(num_classes: int = 10, dim: int = 16, k: int = 4, max_per_class: int = 
 
   train = split(np.repeat(c, counts))
   val = split(np.repeat(c, val_per_class))
-  return loop.TrainData(train=train, val=val, train_counts=counts.astype(np.int64))
+  return Synthetic(train=train, val=val, train_counts=counts.astype(np.int64))
