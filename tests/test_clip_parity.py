@@ -48,7 +48,7 @@ def _reference(torch_model, pixels_bhwc, ids, mask):
   return img.numpy(), txt.numpy()
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("scan_layers", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_features_match_hf(variant, scan_layers):
   folder, torch_model, size, ids_kw = variant
   pixels = np.random.default_rng(1).standard_normal((3, size, size, 3)).astype(np.float32)
@@ -77,6 +77,7 @@ def test_padding_does_not_change_text_features(variant):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close(variant):
   folder, torch_model, size, ids_kw = variant
   pixels = np.random.default_rng(2).standard_normal((2, size, size, 3)).astype(np.float32)

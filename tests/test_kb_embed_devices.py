@@ -4,11 +4,13 @@ and the store matches the 1-device store."""
 import subprocess
 
 import numpy as np
+import pytest
 
 from retformer_jax.kb import layout, store
 from test_kb_embed_resume import ROOT, command, env, reference_store
 
 
+@pytest.mark.slow
 def test_four_devices_match_one(tmp_path):
   ref = reference_store(tmp_path)
   wd = str(tmp_path / "four")

@@ -4,6 +4,8 @@ bit for bit, as one process: each embeds its own shards, process 0 joins them.""
 import socket
 import subprocess
 
+import pytest
+
 from retformer_jax.kb import layout
 from test_kb_embed_resume import (ROOT, assert_same_store, command, env,
                                          reference_store)
@@ -15,6 +17,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_make_the_same_store_as_one(tmp_path):
   ref = reference_store(tmp_path)
   wd = str(tmp_path / "two")

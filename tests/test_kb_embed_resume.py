@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from configs import demo as demo_config
 from retformer_jax.kb import layout, store
@@ -65,6 +66,7 @@ def reference_store(tmp_path):
   return wd
 
 
+@pytest.mark.slow
 def test_killed_then_resumed_equals_uninterrupted(tmp_path):
   ref = reference_store(tmp_path)
   wd = str(tmp_path / "killed")

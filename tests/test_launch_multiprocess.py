@@ -6,11 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--config=configs/demo.py", "--config.data.demo.num_classes=8",
          "--config.data.demo.max_per_class=60", "--config.data.demo.test_per_class=10",
          "--config.eval.many_above=30", "--config.eval.few_below=10", "--config.train.epochs=3",
          "--config.train.batch_size=32", "--config.neighbors.k=8", "--config.embed.progress=False"]
+
+pytestmark = pytest.mark.slow  # two JAX processes plus a single-process run
 
 
 def _metrics(workdir):

@@ -61,7 +61,8 @@ def _inputs(rng):
   return ids, mask, pixels, grid
 
 
-@pytest.mark.parametrize("kind,tie", [("qwen2_5_vl", False), ("qwen2_vl", True)])
+@pytest.mark.parametrize("kind,tie", [
+    ("qwen2_5_vl", False), pytest.param("qwen2_vl", True, marks=pytest.mark.slow)])
 def test_logits_match_hf(tmp_path, kind, tie):
   model_hf = _hf_model(kind, tie)
   model_hf.save_pretrained(tmp_path)
@@ -178,6 +179,7 @@ def test_full_size_parameter_count_matches_hf():
   assert ours == sum(p.numel() for p in ref_model.parameters())
 
 
+@pytest.mark.slow
 def test_kv_cache_prefill_then_extend_equals_full_forward(tmp_path):
   """A prefix run once (K/V kept), then the rest of the sequence against it: same logits."""
   from retformer_jax.models import qwen2_5_vl

@@ -29,6 +29,7 @@ def test_prompts():
     zeroshot.class_prompts("a photo", ["x"])
 
 
+@pytest.mark.slow
 def test_stage_writes_metrics_on_the_demo(tmp_path):
   args = ["--config=configs/demo.py", f"--workdir={tmp_path}", "--config.stages=('zeroshot',)",
           "--config.data.demo.num_classes=6", "--config.data.demo.max_per_class=20",
