@@ -155,13 +155,7 @@ def test_neighbours_are_the_brute_force_nearest(workdir, backend, factory):
   np.testing.assert_array_equal(nt.rows[0, :4], [3, 5, 9, 11])
 
 
-@pytest.mark.parametrize("backend,factory", [
-    ("exact", ""),
-    pytest.param("faiss", "Flat", marks=pytest.mark.xfail(strict=True, reason=(
-        "search_excluding keeps the first k kept candidates in the backend's order and only "
-        "then re-scores and orders ties by row, so a tie at the k-th place follows faiss's "
-        "order, not the row"))),
-])
+@pytest.mark.parametrize("backend,factory", [("exact", ""), ("faiss", "Flat")])
 def test_ties_at_the_kth_place_go_to_the_lower_row(workdir, backend, factory):
   """The neighbours stage promises the same result whichever backend found the candidates;
   rows 3, 5, 9, 11 are one vector, so some queries have a tie at the k-th place."""

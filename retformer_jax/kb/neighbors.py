@@ -48,25 +48,31 @@ def search_excluding(q_md: np.ndarray, q_rows_in_kb: np.ndarray | None, kb: Know
                          "--config.neighbors.k or add sources.")
   out_rows = np.full((m, k), -1, np.int64)
   todo = np.arange(m)
-  depth = min(kb.size, k + (extra_depth if exclude else 0))
+  # One candidate past the k-th: a tie at the k-th place is settled by row only once a strictly
+  # lower similarity shows, so the result does not depend on the backend's order among equals.
+  depth = min(kb.size, k + 1 + (extra_depth if exclude else 0))
   while len(todo):
     _, cand = search(q32[todo], depth)
     keep = cand >= 0
+    vec = kb.image(np.where(keep, cand, 0))
     if exclude:
       keep &= cand != q_rows_in_kb[todo, None]
       if exclude_duplicates:
-        vec = kb.image(np.where(cand >= 0, cand, 0))
         keep &= ~np.all(vec == q16[todo, None, :], axis=-1)
-    enough = keep.sum(1) >= k
-    if depth >= kb.size:
-      enough[:] = True
-    for j in np.nonzero(enough)[0]:
-      got = cand[j][keep[j]]
+    csims = np.einsum("mcd,md->mc", vec.astype(np.float32), q32[todo])
+    done = np.zeros(len(todo), bool)
+    for j in range(len(todo)):
+      got, s = cand[j][keep[j]], csims[j][keep[j]]
+      order = np.lexsort((got, -s))
+      got, s = got[order], s[order]
+      if depth < kb.size and not (len(got) > k and s[k] < s[k - 1]):
+        continue  # too few left, or a tie at the k-th place may go on past this depth
       if len(got) < k:
         raise NeighborsError(f"Only {len(got)} KB entries remain for a query after removing "
                              f"itself and its duplicates; neighbors.k={k} is too large.")
       out_rows[todo[j]] = got[:k]
-    todo = todo[~enough]
+      done[j] = True
+    todo = todo[~done]
     depth = min(kb.size, depth * 2)
   sims = np.einsum("mkd,md->mk", kb.image(out_rows).astype(np.float32), q32)
   return _sort(out_rows, sims)
