@@ -64,11 +64,12 @@ def build_folder(folder: str, args) -> dict:
   import torch
   from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-  from retformer_jax.retllm import qwen_tokenizer
+  from retformer_jax.demo import qwen as demo_qwen
+  from retformer_jax.demo import tokenizers
 
-  qwen_tokenizer.write_tokenizer(folder, _captions(0, 200))
-  qwen_tokenizer.write_image_processor(folder, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-  ids = qwen_tokenizer.special_token_ids(folder)
+  tokenizers.write_qwen_tokenizer(folder, _captions(0, 200))
+  demo_qwen.write_image_processor(folder, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+  ids = tokenizers.qwen_special_token_ids(folder)
   heads = args.hidden // 128
   cfg = Qwen2_5_VLConfig(
       text_config=dict(

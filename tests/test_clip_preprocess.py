@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessorPil
 
 from retformer_jax.data.clip_preprocess import ClipPreprocessor, ImageTransform
-from retformer_jax.models.demo_clip import build_demo_clip
+from retformer_jax.demo.clip import build_demo_clip
 
 SIZES = [(37, 53), (64, 21), (33, 33), (100, 7), (19, 20)]
 

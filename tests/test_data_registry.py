@@ -10,12 +10,12 @@ import tensorflow_datasets as tfds
 
 import fake_tfds
 from configs import common
-from retformer_jax.data import demo
 from retformer_jax.data import image_decode
 from retformer_jax.data import lt_lists
 from retformer_jax.data import registry
 from retformer_jax.data import tfds_source
 from retformer_jax.data.tfds_source import PreparedDataset
+from retformer_jax.demo import dataset as demo
 from test_cifar100_lt_subset import reference_subset
 
 

@@ -11,7 +11,7 @@ import transformers
 
 from retformer_jax.convert import hf
 from retformer_jax.data.clip_preprocess import ClipPreprocessor
-from retformer_jax.models.demo_clip import FILES, build_demo_clip
+from retformer_jax.demo.clip import FILES, build_demo_clip
 
 CORPUS = ["a photo of a cat.", "a photo of a dog.", "a small red car on a wet road",
           "two birds in a tree"]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from configs import common
-from retformer_jax.data import base, demo
+from retformer_jax.data import base
+from retformer_jax.demo import dataset as demo
 
 
 def _spec(**kw):

@@ -14,7 +14,9 @@ import pytest
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from retformer_jax.convert import hf, mapping, qwen_import, safetensors_io  # noqa: E402
+from retformer_jax.convert import hf, mapping, safetensors_io  # noqa: E402
+from retformer_jax.models import qwen2_5_vl  # noqa: E402
+from retformer_jax.models.qwen_config import QwenVLConfig  # noqa: E402
 
 IMG, VS, VE, PAD = 290, 292, 293, 0
 TEXT = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
@@ -80,6 +82,7 @@ def test_logits_match_hf(tmp_path, kind, tie):
   assert err <= 1e-4 * scale, (err, scale)
 
 
+@pytest.mark.slow
 def test_vision_features_match_hf(tmp_path):
   model_hf = _hf_model("qwen2_5_vl")
   model_hf.save_pretrained(tmp_path)
@@ -158,9 +161,9 @@ def test_full_size_weights_shard_over_model_axis():
   from configs import common
 
   rules = common.get_config().mesh.axis_rules
-  model = qwen_import.build(qwen_import.config_from_hf(_cfg_7b()))
-  specs = traverse_util.flatten_dict(qwen_import.logical_specs(model), sep="/")
-  shapes = traverse_util.flatten_dict(qwen_import.abstract_params(model), sep="/")
+  model = qwen2_5_vl.build(QwenVLConfig.from_hf_dict(_cfg_7b()))
+  specs = traverse_util.flatten_dict(qwen2_5_vl.logical_specs(model), sep="/")
+  shapes = traverse_util.flatten_dict(qwen2_5_vl.abstract_params(model), sep="/")
   for name, spec in specs.items():
     mesh_axes = nn.logical_to_mesh_axes(spec, rules)
     assert len(spec) == len(shapes[name].shape), name
@@ -171,8 +174,8 @@ def test_full_size_weights_shard_over_model_axis():
 def test_full_size_parameter_count_matches_hf():
   """Qwen2.5-VL-7B shapes (eval_shape only, no memory) have exactly HF's parameter count."""
   cfg7b = _cfg_7b()
-  model = qwen_import.build(qwen_import.config_from_hf(cfg7b))
-  ours = qwen_import.count(qwen_import.abstract_params(model))
+  model = qwen2_5_vl.build(QwenVLConfig.from_hf_dict(cfg7b))
+  ours = qwen2_5_vl.num_params(qwen2_5_vl.abstract_params(model))
   with torch.device("meta"):
     ref_model = transformers.Qwen2_5_VLForConditionalGeneration(
         transformers.Qwen2_5_VLConfig(**{k: v for k, v in cfg7b.items() if k != "model_type"}))

@@ -8,7 +8,8 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from retformer_jax.data import qwen_preprocess
-from retformer_jax.retllm import qwen_tokenizer
+from retformer_jax.demo import qwen as demo_qwen
+from retformer_jax.demo import tokenizers
 
 LO, HI = 16 * 28 * 28, 48 * 28 * 28
 
@@ -41,7 +42,7 @@ def test_rgba_and_grey_inputs_match_transformers():
 
 
 def test_from_folder_reads_config_and_overrides(tmp_path):
-  qwen_tokenizer.write_image_processor(str(tmp_path), min_pixels=LO, max_pixels=HI)
+  demo_qwen.write_image_processor(str(tmp_path), min_pixels=LO, max_pixels=HI)
   proc = qwen_preprocess.QwenImageProcessor.from_folder(str(tmp_path))
   assert (proc.min_pixels, proc.max_pixels, proc.patch_size, proc.merge_size) == (LO, HI, 14, 2)
   proc = qwen_preprocess.QwenImageProcessor.from_folder(str(tmp_path), max_pixels=2 * HI)
@@ -59,7 +60,7 @@ def test_prompt_ids_match_processor_expansion(tmp_path):
   """Ids equal the chat template's text with <|image_pad|> expanded, as the HF processor does."""
   from transformers import AutoTokenizer
 
-  qwen_tokenizer.write_tokenizer(str(tmp_path), ["a dog runs on the grass"])
+  tokenizers.write_qwen_tokenizer(str(tmp_path), ["a dog runs on the grass"])
   tok = AutoTokenizer.from_pretrained(str(tmp_path))
   pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
   prompter = qwen_preprocess.QwenPrompter(tok, pad_id)
@@ -99,14 +100,14 @@ def test_processor_chat_template_file_is_preferred(tmp_path):
 
   from transformers import AutoTokenizer
 
-  qwen_tokenizer.write_tokenizer(str(tmp_path), ["a cat"])
+  tokenizers.write_qwen_tokenizer(str(tmp_path), ["a cat"])
   tok = AutoTokenizer.from_pretrained(str(tmp_path))
   tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # text only
   pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
   with pytest.raises(ValueError, match="image placeholders"):
     qwen_preprocess.QwenPrompter(tok, pad_id).pair_ids("a cat", 4)
   (tmp_path / "chat_template.json").write_text(
-      json.dumps({"chat_template": qwen_tokenizer.CHAT_TEMPLATE}))
+      json.dumps({"chat_template": tokenizers.QWEN_CHAT_TEMPLATE}))
   template = qwen_preprocess.QwenPrompter.folder_chat_template(str(tmp_path))
   ids = qwen_preprocess.QwenPrompter(tok, pad_id, chat_template=template).pair_ids("a cat", 4)
   assert (ids == pad_id).sum() == 4

@@ -11,7 +11,8 @@ import pytest
 from configs import common, retllm_coco, retllm_demo, retllm_flickr30k
 from retformer_jax.data import qwen_preprocess
 from retformer_jax.models.qwen_injection import InjectionConfig
-from retformer_jax.retllm import qwen_tokenizer, scorer
+from retformer_jax.demo import qwen as demo_qwen
+from retformer_jax.retllm import scorer
 from retformer_jax.stages import retllm as stage
 
 RELEASED = dict(pre_resize=True, final_norm=False)
@@ -47,7 +48,7 @@ def test_default_folder_processor_gives_the_released_pixels(tmp_path):
       Qwen2VLImageProcessorPil)
 
   lo, hi = 16 * 28 * 28, 48 * 28 * 28
-  qwen_tokenizer.write_image_processor(str(tmp_path), min_pixels=lo, max_pixels=hi)
+  demo_qwen.write_image_processor(str(tmp_path), min_pixels=lo, max_pixels=hi)
   proc = qwen_preprocess.QwenImageProcessor.from_folder(str(tmp_path))
   image = np.random.default_rng(3).integers(0, 256, (83, 131, 3), dtype=np.uint8)
   h, w = qwen_preprocess.fetch_image_size(83, 131)

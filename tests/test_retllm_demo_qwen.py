@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from retformer_jax.retllm import demo_qwen
-from retformer_jax.retllm import qwen_tokenizer
+from retformer_jax.demo import qwen as demo_qwen
+from retformer_jax.demo import tokenizers
 
 CORPUS = ["a golden fox in the grass", "the amber owl seen at dusk", "my teal newt on a rock!"]
 
@@ -35,7 +35,7 @@ def test_tokenizer_template_and_special_tokens(folder):
   from transformers import AutoTokenizer
 
   tok = AutoTokenizer.from_pretrained(folder)
-  ids = qwen_tokenizer.special_token_ids(folder)
+  ids = tokenizers.qwen_special_token_ids(folder)
   msgs = [{"role": "user", "content": [
       {"type": "image"}, {"type": "text", "text": "Does the image match the caption: <a fox>?"}]}]
   text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)

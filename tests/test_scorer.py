@@ -10,7 +10,8 @@ import pytest
 
 from retformer_jax.models import qwen2_5_vl
 from retformer_jax.models.qwen_injection import InjectionConfig
-from retformer_jax.retllm import demo_qwen, scorer
+from retformer_jax.demo import qwen as demo_qwen
+from retformer_jax.retllm import scorer
 
 CORPUS = ["a red fox jumps over the fence", "two dogs play in the snow", "a man rides a bike",
           "children on a sunny beach"]

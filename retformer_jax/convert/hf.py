@@ -9,16 +9,14 @@ Weights are read with NumPy (no torch, no pickle) and checked tensor by tensor.
 
 from __future__ import annotations
 
+from retformer_jax.convert import clip_import, qwen_import
+
 
 def load_clip(path: str, **kwargs):
   """Flax CLIP (linen module, params pytree) from a HF CLIP or OpenCLIP-in-HF-format folder."""
-  from retformer_jax.convert import clip_import
-
   return clip_import.load_clip(path, **kwargs)
 
 
 def load_qwen2_5_vl(path: str, **kwargs):
   """Flax Qwen2.5-VL or Qwen2-VL (linen module, params pytree) from a HF folder."""
-  from retformer_jax.convert import qwen_import
-
   return qwen_import.load_qwen2_5_vl(path, **kwargs)

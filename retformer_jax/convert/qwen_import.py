@@ -9,19 +9,13 @@ unexpected and mis-shaped tensors are errors that name them.
 from __future__ import annotations
 
 import json
-import math
 import os
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from retformer_jax.convert import mapping, safetensors_io
-from retformer_jax.models.qwen2_5_vl import QwenVL, QwenVLConfig, TextConfig
-from retformer_jax.models.qwen_vision import VisionConfig
-
-MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+from retformer_jax.models import qwen2_5_vl
+from retformer_jax.models.qwen_config import QwenVLConfig
 
 
 class FlatConv(mapping.Hook):
@@ -78,59 +72,6 @@ VISION_RULES = mapping.rules(
 RULES = TEXT_RULES + VISION_RULES
 
 
-def config_from_hf(d: dict) -> QwenVLConfig:
-  """QwenVLConfig from a config.json dict (transformers 4.x flat or 5.x nested layout)."""
-  mt = d.get("model_type")
-  if mt not in MODEL_TYPES:
-    raise ValueError(f"config.json has model_type={mt!r}; this loader reads {MODEL_TYPES}.")
-  text = {k: v for k, v in d.items() if k not in ("vision_config", "text_config")}
-  text.update(d.get("text_config") or {})
-  if text.get("use_sliding_window"):
-    raise ValueError("config.json sets use_sliding_window=true, which this model does not "
-                     "implement; set it to false (the released Qwen2/2.5-VL checkpoints do).")
-  rope = dict(text.get("rope_scaling") or {})
-  rope.update(text.get("rope_parameters") or {})
-  head_dim = text["hidden_size"] // text["num_attention_heads"]
-  section = tuple(int(s) for s in rope.get("mrope_section", (16, 24, 24)))
-  if sum(section) != head_dim // 2:
-    raise ValueError(f"config.json mrope_section {list(section)} must sum to head_dim/2 = "
-                     f"{head_dim // 2}.")
-  tc = TextConfig(
-      vocab_size=int(text["vocab_size"]), hidden=int(text["hidden_size"]),
-      mlp_dim=int(text["intermediate_size"]), layers=int(text["num_hidden_layers"]),
-      heads=int(text["num_attention_heads"]),
-      kv_heads=int(text.get("num_key_value_heads") or text["num_attention_heads"]),
-      rope_theta=float(rope.get("rope_theta", text.get("rope_theta", 1000000.0))),
-      mrope_section=section, eps=float(text.get("rms_norm_eps", 1e-6)),
-      tie_embeddings=bool(d.get("tie_word_embeddings") or text.get("tie_word_embeddings")))
-  if text.get("hidden_act", "silu") != "silu":
-    raise ValueError(f"config.json hidden_act={text.get('hidden_act')!r}; the decoder uses silu.")
-  v = d["vision_config"]
-  common = dict(
-      depth=int(v["depth"]), heads=int(v["num_heads"]), patch_size=int(v.get("patch_size", 14)),
-      temporal_patch_size=int(v.get("temporal_patch_size", 2)),
-      in_channels=int(v.get("in_channels", v.get("in_chans", 3))),
-      merge_size=int(v.get("spatial_merge_size", 2)),
-      rope_theta=float((v.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
-  if mt == "qwen2_5_vl":
-    vc = VisionConfig(variant=mt, width=int(v["hidden_size"]), mlp_dim=int(v["intermediate_size"]),
-                      out_dim=int(v["out_hidden_size"]), window_size=int(v.get("window_size", 112)),
-                      fullatt_blocks=tuple(int(i) for i in v.get("fullatt_block_indexes", ())),
-                      act=v.get("hidden_act", "silu"), **common)
-  else:
-    width = int(v["embed_dim"])
-    vc = VisionConfig(variant=mt, width=width, mlp_dim=int(width * v.get("mlp_ratio", 4)),
-                      out_dim=int(v["hidden_size"]), window_size=0, fullatt_blocks=(),
-                      act=v.get("hidden_act", "quick_gelu"), **common)
-  if vc.out_dim != tc.hidden:
-    raise ValueError(f"vision output width {vc.out_dim} != text hidden_size {tc.hidden} in "
-                     "config.json.")
-  return QwenVLConfig(vision=vc, text=tc, image_token_id=int(d.get("image_token_id", 151655)),
-                      video_token_id=int(d.get("video_token_id", 151656)),
-                      vision_start_token_id=int(d.get("vision_start_token_id", 151652)),
-                      vision_end_token_id=int(d.get("vision_end_token_id", 151653)))
-
-
 class _HubNames:
   """A safetensors reader seen through hub tensor names."""
 
@@ -164,27 +105,6 @@ class _HubNames:
     return self._reader.get(self._map[name])
 
 
-def build(cfg: QwenVLConfig, dtype: str = "float32") -> QwenVL:
-  dt = jnp.dtype(dtype)
-  return QwenVL(cfg, dtype=dt, param_dtype=dt)
-
-
-def abstract_params(model: QwenVL):
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), method=QwenVL.init_params))
-  return nn.unbox(shapes["params"])
-
-
-def logical_specs(model: QwenVL):
-  """PartitionSpecs of logical axis names for every parameter (same tree as the params)."""
-  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), method=QwenVL.init_params))
-  return nn.get_partition_spec(boxed["params"])
-
-
-def param_shardings(model: QwenVL, mesh, axis_rules):
-  """NamedShardings placing each parameter on `mesh` by the logical-axis rules."""
-  return nn.logical_to_mesh_sharding(logical_specs(model), mesh, tuple(axis_rules))
-
-
 def read_config(path: str) -> dict:
   cfg_path = os.path.join(path, "config.json")
   if not os.path.exists(cfg_path):
@@ -196,11 +116,11 @@ def read_config(path: str) -> dict:
 
 def load_qwen2_5_vl(path: str, *, dtype: str = "float32"):
   """(model, params) from a HF Qwen2.5-VL or Qwen2-VL folder; params as NumPy arrays."""
-  cfg = config_from_hf(read_config(path))
-  model = build(cfg, dtype)
+  cfg = QwenVLConfig.from_hf_dict(read_config(path))
+  model = qwen2_5_vl.build(cfg, dtype)
   reader = _HubNames(safetensors_io.SafetensorsFolder(path))
   ignore = (r"lm_head\.weight",) if cfg.text.tie_embeddings else ()
-  params = mapping.load_params(abstract_params(model), RULES, reader, ignore=ignore,
+  params = mapping.load_params(qwen2_5_vl.abstract_params(model), RULES, reader, ignore=ignore,
                                what=f"checkpoint {path!r}")
   return model, params
 
@@ -209,6 +129,3 @@ def export_qwen2_5_vl(params) -> dict[str, np.ndarray]:
   """Our params -> {hub tensor name: array}, the inverse of the import."""
   return mapping.export_params(params, RULES)
 
-
-def count(params) -> int:
-  return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))

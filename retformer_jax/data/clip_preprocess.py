@@ -141,6 +141,7 @@ class ClipPreprocessor:
     if max_length is not None and max_length > limit:
       raise ValueError(f"max_length {max_length} exceeds the text tower's "
                        f"max_position_embeddings {limit}.")
+    # `transformers` is imported on use: it is slow to import and only this loader needs it.
     from transformers import AutoTokenizer
 
     try:

@@ -1,4 +1,10 @@
-"""`load(config.data)`: the labelled data set a config names, as base.LabelledSplits."""
+"""`load(config.data)`: the labelled data set a config names, as base.LabelledSplits.
+
+Readers are named by module path and imported on use: most of them import
+`tensorflow_datasets` (slow to import, and not needed by a run on the demo set), and the
+demo's reader (`retformer_jax.demo.dataset`) builds on data/base.py, so importing it here would
+make `data` and `demo` import each other.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,9 @@ import numpy as np
 
 from retformer_jax.data import base
 
-# data.name -> module with `load(data_config)` (imported on use: only the chosen reader runs).
+# data.name -> module with `load(data_config)`.
 READERS = {
-    "demo": "retformer_jax.data.demo",
+    "demo": "retformer_jax.demo.dataset",
     "cifar100_lt": "retformer_jax.data.cifar100_lt",
     "imagenet_lt": "retformer_jax.data.imagenet_lt",
     "places_lt": "retformer_jax.data.places_lt",

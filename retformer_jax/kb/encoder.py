@@ -17,9 +17,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from retformer_jax.convert import hf
-from retformer_jax.data import demo
 from retformer_jax.data.clip_preprocess import ClipPreprocessor
-from retformer_jax.models import demo_clip
+from retformer_jax.demo import clip as demo_clip
+from retformer_jax.demo import dataset as demo
 from retformer_jax.parallel import mesh as mesh_lib
 
 

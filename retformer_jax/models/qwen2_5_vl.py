@@ -19,7 +19,7 @@ Decoder weights are stacked over layers (`layers` axis) and run with `lax.scan`.
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -28,38 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from retformer_jax.models import qwen_injection, qwen_layout
-from retformer_jax.models.qwen_vision import VisionConfig, VisionTower, rms_norm, rotate_half
+from retformer_jax.models.qwen_config import QwenVLConfig, TextConfig
+from retformer_jax.models.qwen_vision import VisionTower, rms_norm, rotate_half
 
 _INIT = nn.initializers.normal(0.02)
 _NEG = float(np.finfo(np.float32).min)
-
-
-@dataclasses.dataclass(frozen=True)
-class TextConfig:
-  vocab_size: int = 152064
-  hidden: int = 3584
-  mlp_dim: int = 18944
-  layers: int = 28
-  heads: int = 28
-  kv_heads: int = 4
-  rope_theta: float = 1000000.0
-  mrope_section: tuple[int, ...] = (16, 24, 24)
-  eps: float = 1e-6
-  tie_embeddings: bool = False
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden // self.heads
-
-
-@dataclasses.dataclass(frozen=True)
-class QwenVLConfig:
-  vision: VisionConfig = VisionConfig()
-  text: TextConfig = TextConfig()
-  image_token_id: int = 151655
-  video_token_id: int = 151656
-  vision_start_token_id: int = 151652
-  vision_end_token_id: int = 151653
 
 
 class DecoderParams(nn.Module):
@@ -315,3 +288,33 @@ def prepare_inputs(cfg: QwenVLConfig, input_ids, image_grid_thw=None, attention_
     out["memory_mask"] = valid if injection.memory == "all" else valid & (
         ids == cfg.image_token_id)
   return out
+
+
+def build(cfg: QwenVLConfig, dtype: str = "float32") -> QwenVL:
+  """The model of `cfg`, computing and storing parameters in `dtype`."""
+  dt = jnp.dtype(dtype)
+  return QwenVL(cfg, dtype=dt, param_dtype=dt)
+
+
+def _boxed_shapes(model: QwenVL):
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), method=QwenVL.init_params))
+
+
+def abstract_params(model: QwenVL):
+  """Shapes and dtypes of the parameters, without allocating them."""
+  return nn.unbox(_boxed_shapes(model)["params"])
+
+
+def logical_specs(model: QwenVL):
+  """PartitionSpecs of logical axis names for every parameter (same tree as the params)."""
+  return nn.get_partition_spec(_boxed_shapes(model)["params"])
+
+
+def param_shardings(model: QwenVL, mesh, axis_rules):
+  """NamedShardings placing each parameter on `mesh` by the logical-axis rules."""
+  return nn.logical_to_mesh_sharding(logical_specs(model), mesh, tuple(axis_rules))
+
+
+def num_params(params) -> int:
+  """Total number of parameter values in a (possibly abstract) params tree."""
+  return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))

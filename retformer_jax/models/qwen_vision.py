@@ -13,43 +13,15 @@ everywhere, LayerNorm in the merger.
 
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from retformer_jax.models import qwen_layout
+from retformer_jax.models.qwen_config import VisionConfig
 
 _INIT = nn.initializers.normal(0.02)
-
-
-@dataclasses.dataclass(frozen=True)
-class VisionConfig:
-  variant: str = "qwen2_5_vl"  # "qwen2_5_vl" | "qwen2_vl"
-  depth: int = 32
-  width: int = 1280
-  heads: int = 16
-  mlp_dim: int = 3420
-  out_dim: int = 3584
-  patch_size: int = 14
-  temporal_patch_size: int = 2
-  in_channels: int = 3
-  merge_size: int = 2
-  window_size: int = 112
-  fullatt_blocks: tuple[int, ...] = (7, 15, 23, 31)
-  act: str = "silu"
-  rope_theta: float = 10000.0
-  eps: float = 1e-6
-
-  @property
-  def windowed(self) -> bool:
-    return self.variant == "qwen2_5_vl"
-
-  @property
-  def patch_dim(self) -> int:
-    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
 
 
 def activation(name: str):

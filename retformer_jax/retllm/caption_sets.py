@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 
 from retformer_jax import errors
+from retformer_jax.data import image_decode
+from retformer_jax.demo import dataset as demo_dataset
 
 
 class CaptionSetError(errors.UserError, ValueError):
@@ -143,7 +145,8 @@ TFDS_COCO = "coco_captions/2014"
 
 def coco_tfds(data_dir: str, *, split: str = "test", captions_per_image: int = 5) -> CaptionSet:
   """TFDS `coco_captions/2014` (its `test` split is Karpathy's 5k test), read without TF."""
-  from retformer_jax.data import image_decode, tfds_source
+  # Imported on use: tfds_source imports tensorflow_datasets, which only this reader needs.
+  from retformer_jax.data import tfds_source
 
   ds = tfds_source.open_prepared(
       TFDS_COCO, data_dir,
@@ -155,9 +158,7 @@ def coco_tfds(data_dir: str, *, split: str = "test", captions_per_image: int = 5
 
 def demo(demo_config, *, split: str = "test") -> CaptionSet:
   """The generated demo set: each image with its one caption."""
-  from retformer_jax.data import demo as demo_data
-
-  src = demo_data.load(demo_config).splits[split]
+  src = demo_dataset.load(demo_config).splits[split]
   captions = [src[i]["text"] for i in range(len(src))]
   return CaptionSet(name="demo", num_images=len(src), load_image=lambda i: src[i]["image"],
                     captions=captions, caption_image=np.arange(len(src), dtype=np.int64))

@@ -25,15 +25,16 @@ import functools
 import hashlib
 from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from retformer_jax.convert import hf
 from retformer_jax.data.qwen_preprocess import QwenImageProcessor, QwenPrompter
-from retformer_jax.models import qwen_layout
+from retformer_jax.models import qwen2_5_vl, qwen_layout
 from retformer_jax.models.qwen2_5_vl import QwenVL
 from retformer_jax.models.qwen_injection import InjectionConfig
+from retformer_jax.parallel import mesh as mesh_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +81,8 @@ class PairScorer:
     if mesh is None:
       self.params = jax.device_put(params)
     else:  # weights born sharded over `model` by their logical axes
-      from retformer_jax.convert import qwen_import
-
-      self.params = jax.device_put(params, qwen_import.param_shardings(model, mesh,
-                                                                       self.axis_rules))
+      self.params = jax.device_put(params, qwen2_5_vl.param_shardings(model, mesh,
+                                                                      self.axis_rules))
     self.prompter = QwenPrompter(tokenizer, self.cfg.image_token_id, chat_template=chat_template)
     self.processor = image_processor
     if image_processor.merge_size != self.cfg.vision.merge_size or \
@@ -108,9 +107,8 @@ class PairScorer:
     pre_resize: images first resized as qwen_vl_utils does, as the released code loads them
     (False: the HF processor alone; see QwenImageProcessor).
     """
+    # `transformers` is imported on use: it is slow to import and only this loader needs it.
     from transformers import AutoTokenizer
-
-    from retformer_jax.convert import hf
 
     model, params = hf.load_qwen2_5_vl(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -250,7 +248,7 @@ class PairScorer:
       fn = _extend_fn(self.model, self.injection, self.split, self.prompter.true_id, *key)
     if self.mesh is None:
       return fn(*args)
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
+    with mesh_lib.activate(self.mesh, self.axis_rules):
       return fn(*args)
 
 

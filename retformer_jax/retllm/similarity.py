@@ -9,6 +9,8 @@ import types
 
 import numpy as np
 
+from retformer_jax.kb.index_exact import ExactIndex
+
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
   x = np.asarray(x, np.float32)
@@ -23,8 +25,6 @@ def top_k(queries: np.ndarray, gallery: np.ndarray, k: int,
   """Cosine top-k of each query among the gallery: (sims float32 [Q, k], idx int64 [Q, k]).
 
   The KB's exact backend does the search (gallery sharded over the local devices)."""
-  from retformer_jax.kb.index_exact import ExactIndex
-
   q, g = l2_normalise(queries), l2_normalise(gallery)
   if q.shape[1] != g.shape[1]:
     raise ValueError(f"top_k: query dim {q.shape[1]} != gallery dim {g.shape[1]}.")

@@ -11,11 +11,19 @@ from __future__ import annotations
 import os
 
 from absl import logging
+import jax
 import ml_collections
 
+from retformer_jax.demo import dataset as demo_dataset
+from retformer_jax.demo import qwen as demo_qwen
+from retformer_jax.kb import encoder as encoder_lib
+from retformer_jax.kb import hosts
+from retformer_jax.models import qwen_injection
+from retformer_jax.parallel import mesh as mesh_lib
 from retformer_jax.retllm import caption_sets
 from retformer_jax.retllm import coarse
 from retformer_jax.retllm import pipeline
+from retformer_jax.retllm import scorer
 
 
 def qwen_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -28,12 +36,9 @@ def qwen_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
           "Qwen2.5-VL / Qwen2-VL folder (config.json + *.safetensors + tokenizer files), "
           "or '' for the embedded tiny demo model.")
     return rc.model_path
-  from retformer_jax.data import demo as demo_data
-  from retformer_jax.retllm import demo_qwen
-
   folder = os.path.join(workdir, "demo_qwen")
-  spec = demo_data.DemoSpec.from_config(config.data.demo)
-  demo_qwen.build_demo_qwen(folder, demo_data.corpus(spec), min_pixels=rc.min_pixels,
+  spec = demo_dataset.DemoSpec.from_config(config.data.demo)
+  demo_qwen.build_demo_qwen(folder, demo_dataset.corpus(spec), min_pixels=rc.min_pixels,
                             max_pixels=rc.max_pixels, seed=config.seed)
   return folder
 
@@ -42,8 +47,6 @@ def injection_config(rc: ml_collections.ConfigDict):
   """The scorer's re-injection settings from config.retllm (None when switched off)."""
   if not rc.injection:
     return None
-  from retformer_jax.models import qwen_injection
-
   return qwen_injection.InjectionConfig(
       enabled=True, alpha=rc.injection_alpha, tau=rc.injection_tau,
       layer_lo=rc.injection_layer_lo, layer_hi=rc.injection_layer_hi,
@@ -58,15 +61,10 @@ def scorer_kwargs(rc: ml_collections.ConfigDict) -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  import jax
-
   rc = config.retllm
   data = caption_sets.load(rc, config.data.demo)
   logging.info("retllm: %s, %d images, %d captions, K=%d", data.name, data.num_images,
                data.num_captions, rc.top_k)
-  from retformer_jax.kb import encoder as encoder_lib
-  from retformer_jax.kb import hosts
-
   encoder_lib.ensure_demo_clip(config, workdir)  # when config.clip.path is ""
   hosts.barrier("retllm-demo-clip")
   encoder = coarse.ClipEncoder(encoder_lib.load_encoder(config, workdir), config.clip.dtype)
@@ -74,10 +72,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   kwargs = scorer_kwargs(rc)
 
   def make_scorer():
-    from retformer_jax.retllm import scorer
-
-    from retformer_jax.parallel import mesh as mesh_lib
-
     # Weights sharded over `model` (a 7B model on a TPU slice or several GPUs).
     return scorer.PairScorer.from_folder(model_path, mesh=mesh_lib.make_mesh(config.mesh),
                                          axis_rules=mesh_lib.axis_rules(config.mesh), **kwargs)

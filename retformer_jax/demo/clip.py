@@ -17,45 +17,30 @@ from flax import traverse_util
 
 from retformer_jax import atomic_io
 from retformer_jax.convert.clip_import import save_clip
+from retformer_jax.demo import tokenizers
 from retformer_jax.models.clip import CLIP, abstract_params
 from retformer_jax.models.clip_config import ClipConfig, TextConfig, VisionConfig
 
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"
-SPECIALS = (PAD, UNK, BOS, EOS)  # ids 0..3; EOS is not 2, so pooling uses the real EOS id
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
          "preprocessor_config.json", "demo_clip.json")
+MAX_TEXT_LENGTH = 77
 # OpenAI CLIP normalisation constants, as transformers' OPENAI_CLIP_MEAN / _STD.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def demo_config(vocab_size: int, image_size: int, *, width: int = 64, layers: int = 2,
-                patch_size: int = 4, max_text_length: int = 77) -> ClipConfig:
+                patch_size: int = 4, max_text_length: int = MAX_TEXT_LENGTH) -> ClipConfig:
   heads = max(1, width // 32)
   tower = dict(hidden_size=width, intermediate_size=4 * width, num_layers=layers,
                num_heads=heads, hidden_act="quick_gelu")
   return ClipConfig(
       vision=VisionConfig(**tower, image_size=image_size, patch_size=patch_size),
       text=TextConfig(**tower, vocab_size=vocab_size, max_position_embeddings=max_text_length,
-                      eos_token_id=SPECIALS.index(EOS), bos_token_id=SPECIALS.index(BOS),
-                      pad_token_id=SPECIALS.index(PAD)),
+                      eos_token_id=tokenizers.CLIP_SPECIALS.index(tokenizers.CLIP_EOS),
+                      bos_token_id=tokenizers.CLIP_SPECIALS.index(tokenizers.CLIP_BOS),
+                      pad_token_id=tokenizers.CLIP_SPECIALS.index(tokenizers.CLIP_PAD)),
       projection_dim=width, scan_layers=True)
-
-
-def _tokenizer(corpus: Sequence[str]):
-  """Word-level tokenizer whose vocabulary is every word of `corpus`, in sorted order."""
-  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-  norm = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-  pre = pre_tokenizers.Whitespace()
-  words = sorted({w for text in corpus for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))})
-  vocab = {t: i for i, t in enumerate(list(SPECIALS) + [w for w in words if w not in SPECIALS])}
-  tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-  tok.normalizer = norm
-  tok.pre_tokenizer = pre
-  tok.post_processor = processors.TemplateProcessing(
-      single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])])
-  return tok
 
 
 def random_params(model: CLIP, seed: int) -> dict:
@@ -95,16 +80,9 @@ def _is_complete(folder: str, spec: dict) -> bool:
 
 
 def _write(folder: str, corpus, image_size: int, seed: int, kw: dict, spec: dict) -> None:
-  tok = _tokenizer(corpus)
-  config = demo_config(tok.get_vocab_size(), image_size, **kw)
-  model = CLIP(config)
+  vocab_size = tokenizers.write_clip_tokenizer(folder, corpus, model_max_length=MAX_TEXT_LENGTH)
+  model = CLIP(demo_config(vocab_size, image_size, **kw))
   save_clip(model, random_params(model, seed), folder)
-  tok.save(os.path.join(folder, "tokenizer.json"))
-  atomic_io.write_json(os.path.join(folder, "tokenizer_config.json"), {
-      "tokenizer_class": "PreTrainedTokenizerFast",
-      "bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK,
-      "model_max_length": config.text.max_position_embeddings,
-  })
   atomic_io.write_json(os.path.join(folder, "preprocessor_config.json"), {
       "image_processor_type": "CLIPImageProcessor",
       "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,

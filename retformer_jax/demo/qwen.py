@@ -13,7 +13,14 @@ import json
 import os
 from typing import Sequence
 
+import flax.linen as nn
+import jax
+
 from retformer_jax import atomic_io
+from retformer_jax.convert import qwen_import, safetensors_io
+from retformer_jax.demo import tokenizers
+from retformer_jax.models import qwen2_5_vl
+from retformer_jax.models.qwen_config import QwenVLConfig
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
          "preprocessor_config.json", "demo_qwen.json")
@@ -23,6 +30,7 @@ def hf_config(vocab_size: int, special_ids: dict[str, int], *, hidden: int = 64,
               layers: int = 4, heads: int = 4, kv_heads: int = 2, vision_width: int = 32,
               vision_depth: int = 2) -> dict:
   """config.json of a small Qwen2.5-VL (transformers' nested layout)."""
+  # `transformers` is imported on use: only building the demo folder needs it.
   from transformers import Qwen2_5_VLConfig
 
   head_dim = hidden // heads
@@ -51,6 +59,22 @@ def hf_config(vocab_size: int, special_ids: dict[str, int], *, hidden: int = 64,
   return d
 
 
+def write_image_processor(folder: str, *, min_pixels: int, max_pixels: int,
+                          patch_size: int = 14, merge_size: int = 2,
+                          temporal_patch_size: int = 2) -> None:
+  """preprocessor_config.json of a Qwen2.5-VL image processor (CLIP mean / std)."""
+  atomic_io.write_json(os.path.join(folder, "preprocessor_config.json"), {
+      "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+      "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+      "do_convert_rgb": True, "resample": 3,
+      "image_mean": [0.48145466, 0.4578275, 0.40821073],
+      "image_std": [0.26862954, 0.26130258, 0.27577711],
+      "min_pixels": int(min_pixels), "max_pixels": int(max_pixels),
+      "size": {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)},
+      "patch_size": patch_size, "temporal_patch_size": temporal_patch_size,
+      "merge_size": merge_size}, indent=2)
+
+
 def _spec(corpus, min_pixels, max_pixels, seed) -> dict:
   digest = hashlib.sha256("\n".join(corpus).encode()).hexdigest()
   return {"corpus_sha256": digest, "min_pixels": int(min_pixels), "max_pixels": int(max_pixels),
@@ -66,20 +90,12 @@ def _is_complete(folder: str, spec: dict) -> bool:
 
 def _write(folder: str, corpus: Sequence[str], min_pixels: int, max_pixels: int, seed: int,
            spec: dict) -> None:
-  import flax.linen as nn
-  import jax
-
-  from retformer_jax.convert import qwen_import
-  from retformer_jax.convert import safetensors_io
-  from retformer_jax.models.qwen2_5_vl import QwenVL
-  from retformer_jax.retllm import qwen_tokenizer
-
-  vocab = qwen_tokenizer.write_tokenizer(folder, corpus)
-  qwen_tokenizer.write_image_processor(folder, min_pixels=min_pixels, max_pixels=max_pixels)
-  config = hf_config(vocab, qwen_tokenizer.special_token_ids(folder))
-  model = qwen_import.build(qwen_import.config_from_hf(config), "float32")
-  params = jax.jit(lambda rng: nn.unbox(model.init(rng, method=QwenVL.init_params)["params"]))(
-      jax.random.PRNGKey(seed))
+  vocab = tokenizers.write_qwen_tokenizer(folder, corpus)
+  write_image_processor(folder, min_pixels=min_pixels, max_pixels=max_pixels)
+  config = hf_config(vocab, tokenizers.qwen_special_token_ids(folder))
+  model = qwen2_5_vl.build(QwenVLConfig.from_hf_dict(config), "float32")
+  params = jax.jit(lambda rng: nn.unbox(
+      model.init(rng, method=qwen2_5_vl.QwenVL.init_params)["params"]))(jax.random.PRNGKey(seed))
   tensors = dict(qwen_import.export_qwen2_5_vl(params))
   # The hub checkpoints store the patch embedding as a Conv3d kernel [out, C, T, P, P].
   v = config["vision_config"]
