@@ -17,36 +17,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from retformer_jax.models import layers
 from retformer_jax.models.clip_config import ClipConfig, TextConfig, TowerConfig, VisionConfig
 
 Dtype = Any
 _NEG = -1e30  # finite "minus infinity" for masked attention logits (no NaN on empty rows)
-
-
-def activation(name: str):
-  """transformers' ACT2FN entries used by CLIP configs."""
-  tanh_gelu = lambda x: jax.nn.gelu(x, approximate=True)  # noqa: E731
-  table = {
-      "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-      "gelu_python": lambda x: jax.nn.gelu(x, approximate=False),
-      "gelu_new": tanh_gelu, "gelu_pytorch_tanh": tanh_gelu, "gelu_fast": tanh_gelu,
-      "gelu_accurate": tanh_gelu,
-      "relu": jax.nn.relu, "silu": jax.nn.silu, "swish": jax.nn.silu,
-      "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid,
-  }
-  return table[name]
-
-
-def _param(module: nn.Module, name: str, init, shape, axes, dtype):
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
-
-
-def _layer_norm(eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
 
 
 class Attention(nn.Module):
@@ -62,13 +37,13 @@ class Attention(nn.Module):
     std = d ** -0.5
     ker = nn.initializers.normal(std)
     zero = nn.initializers.zeros_init()
-    w = [_param(self, f"{n}_kernel", ker, (d, h, k), ("embed", "heads", "head_dim"),
+    w = [layers.param(self, f"{n}_kernel", ker, (d, h, k), ("embed", "heads", "head_dim"),
                 self.param_dtype) for n in "qkv"]
-    b = [_param(self, f"{n}_bias", zero, (h, k), ("heads", "head_dim"), self.param_dtype)
+    b = [layers.param(self, f"{n}_bias", zero, (h, k), ("heads", "head_dim"), self.param_dtype)
          for n in "qkv"]
-    w_o = _param(self, "o_kernel", ker, (h, k, d), ("heads", "head_dim", "embed"),
+    w_o = layers.param(self, "o_kernel", ker, (h, k, d), ("heads", "head_dim", "embed"),
                  self.param_dtype)
-    b_o = _param(self, "o_bias", zero, (d,), ("embed",), self.param_dtype)
+    b_o = layers.param(self, "o_bias", zero, (d,), ("embed",), self.param_dtype)
 
     w_dshk = jnp.stack(w, axis=1).astype(self.dtype)
     b_shk = jnp.stack(b, axis=0).astype(self.dtype)
@@ -92,14 +67,14 @@ class Mlp(nn.Module):
   def __call__(self, x_btd):
     d, f = self.cfg.hidden_size, self.cfg.intermediate_size
     zero = nn.initializers.zeros_init()
-    w1 = _param(self, "fc1_kernel", nn.initializers.normal((2 * d) ** -0.5), (d, f),
+    w1 = layers.param(self, "fc1_kernel", nn.initializers.normal((2 * d) ** -0.5), (d, f),
                 ("embed", "mlp"), self.param_dtype)
-    b1 = _param(self, "fc1_bias", zero, (f,), ("mlp",), self.param_dtype)
-    w2 = _param(self, "fc2_kernel", nn.initializers.normal(f ** -0.5), (f, d),
+    b1 = layers.param(self, "fc1_bias", zero, (f,), ("mlp",), self.param_dtype)
+    w2 = layers.param(self, "fc2_kernel", nn.initializers.normal(f ** -0.5), (f, d),
                 ("mlp", "embed"), self.param_dtype)
-    b2 = _param(self, "fc2_bias", zero, (d,), ("embed",), self.param_dtype)
+    b2 = layers.param(self, "fc2_bias", zero, (d,), ("embed",), self.param_dtype)
     h_btf = jnp.einsum("btd,df->btf", x_btd.astype(self.dtype), w1.astype(self.dtype))
-    h_btf = activation(self.cfg.hidden_act)(h_btf + b1.astype(self.dtype))
+    h_btf = layers.activation(self.cfg.hidden_act)(h_btf + b1.astype(self.dtype))
     h_btf = nn.with_logical_constraint(h_btf, ("batch", "length", "mlp"))
     return jnp.einsum("btf,fd->btd", h_btf, w2.astype(self.dtype)) + b2.astype(self.dtype)
 
@@ -115,9 +90,9 @@ class Block(nn.Module):
   def __call__(self, x_btd, mask_b1tt):
     eps = self.cfg.layer_norm_eps
     kw = dict(cfg=self.cfg, dtype=self.dtype, param_dtype=self.param_dtype)
-    y = _layer_norm(eps, self.dtype, self.param_dtype, "ln1")(x_btd)
+    y = layers.LayerNorm("ln1", self.dtype, self.param_dtype, eps)(x_btd)
     x_btd = x_btd + Attention(**kw, name="attn")(y, mask_b1tt)
-    y = _layer_norm(eps, self.dtype, self.param_dtype, "ln2")(x_btd)
+    y = layers.LayerNorm("ln2", self.dtype, self.param_dtype, eps)(x_btd)
     x_btd = x_btd + Mlp(**kw, name="mlp")(y)
     x_btd = nn.with_logical_constraint(x_btd, ("batch", "length", "embed"))
     return x_btd, None
@@ -163,21 +138,21 @@ class VisionTower(nn.Module):
           f"{c.num_channels}] (NHWC, normalised), got {list(pixels_bhwc.shape)}; resize with "
           "retformer_jax.data.clip_preprocess.ClipPreprocessor.")
     p, g, d = c.patch_size, c.grid, c.hidden_size
-    w_patch = _param(self, "patch_kernel", nn.initializers.normal(0.02), (p, p, ch, d),
+    w_patch = layers.param(self, "patch_kernel", nn.initializers.normal(0.02), (p, p, ch, d),
                      (None, None, "channels", "embed"), self.param_dtype)
-    cls_d = _param(self, "class_embedding", nn.initializers.normal(d ** -0.5), (d,),
+    cls_d = layers.param(self, "class_embedding", nn.initializers.normal(d ** -0.5), (d,),
                    ("embed",), self.param_dtype)
-    pos_td = _param(self, "position_embedding", nn.initializers.normal(0.02),
+    pos_td = layers.param(self, "position_embedding", nn.initializers.normal(0.02),
                     (c.num_positions, d), ("length", "embed"), self.param_dtype)
     x = pixels_bhwc.astype(self.dtype).reshape(b, g, p, g, p, ch)
     x_bgd = jnp.einsum("bhpwqc,pqcd->bhwd", x, w_patch.astype(self.dtype)).reshape(b, g * g, d)
     cls_b1d = jnp.broadcast_to(cls_d.astype(self.dtype), (b, 1, d))
     x_btd = jnp.concatenate([cls_b1d, x_bgd], axis=1) + pos_td.astype(self.dtype)
-    x_btd = _layer_norm(c.layer_norm_eps, self.dtype, self.param_dtype, "pre_ln")(x_btd)
+    x_btd = layers.LayerNorm("pre_ln", self.dtype, self.param_dtype, c.layer_norm_eps)(x_btd)
     x_btd = nn.with_logical_constraint(x_btd, ("batch", "length", "embed"))
     x_btd = Encoder(c, self.dtype, self.param_dtype, self.scan_layers, name="encoder")(
         x_btd, None)
-    return _layer_norm(c.layer_norm_eps, self.dtype, self.param_dtype, "post_ln")(x_btd[:, 0])
+    return layers.LayerNorm("post_ln", self.dtype, self.param_dtype, c.layer_norm_eps)(x_btd[:, 0])
 
 
 class TextTower(nn.Module):
@@ -196,16 +171,16 @@ class TextTower(nn.Module):
       raise ValueError(f"CLIP text tower: sequence length {t} exceeds max_position_embeddings "
                        f"{c.max_position_embeddings}; tokenise with truncation.")
     d = c.hidden_size
-    tok_vd = _param(self, "token_embedding", nn.initializers.normal(0.02), (c.vocab_size, d),
+    tok_vd = layers.param(self, "token_embedding", nn.initializers.normal(0.02), (c.vocab_size, d),
                     ("vocab", "embed"), self.param_dtype)
-    pos_td = _param(self, "position_embedding", nn.initializers.normal(0.01),
+    pos_td = layers.param(self, "position_embedding", nn.initializers.normal(0.01),
                     (c.max_position_embeddings, d), ("length", "embed"), self.param_dtype)
     x_btd = (jnp.take(tok_vd, ids_bt, axis=0) + pos_td[:t]).astype(self.dtype)
     causal_tt = jnp.tril(jnp.ones((t, t), bool))
     mask_b1tt = causal_tt[None, None] & (mask_bt[:, None, None, :] != 0)
     x_btd = Encoder(c, self.dtype, self.param_dtype, self.scan_layers, name="encoder")(
         x_btd, mask_b1tt)
-    x_btd = _layer_norm(c.layer_norm_eps, self.dtype, self.param_dtype, "final_ln")(x_btd)
+    x_btd = layers.LayerNorm("final_ln", self.dtype, self.param_dtype, c.layer_norm_eps)(x_btd)
     ids_bt = ids_bt.astype(jnp.int32)
     if c.eos_token_id == 2:
       # Configs from before transformers PR #24773 carry eos_token_id=2: HF then pools at the
@@ -226,19 +201,14 @@ class CLIP(nn.Module):
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     self.vision = VisionTower(c.vision, dt, pdt, c.scan_layers)
     self.text = TextTower(c.text, dt, pdt, c.scan_layers)
-    self.visual_projection = self.param(
-        "visual_projection",
-        nn.with_logical_partitioning(nn.initializers.normal(c.vision.hidden_size ** -0.5),
-                                     ("embed", None)),
-        (c.vision.hidden_size, c.projection_dim), pdt)
-    self.text_projection = self.param(
-        "text_projection",
-        nn.with_logical_partitioning(nn.initializers.normal(c.text.hidden_size ** -0.5),
-                                     ("embed", None)),
-        (c.text.hidden_size, c.projection_dim), pdt)
-    self.logit_scale = self.param(
-        "logit_scale", nn.with_logical_partitioning(
-            nn.initializers.constant(c.logit_scale_init_value), ()), (), pdt)
+    self.visual_projection = layers.param(
+        self, "visual_projection", nn.initializers.normal(c.vision.hidden_size ** -0.5),
+        (c.vision.hidden_size, c.projection_dim), ("embed", None), pdt)
+    self.text_projection = layers.param(
+        self, "text_projection", nn.initializers.normal(c.text.hidden_size ** -0.5),
+        (c.text.hidden_size, c.projection_dim), ("embed", None), pdt)
+    self.logit_scale = layers.param(
+        self, "logit_scale", nn.initializers.constant(c.logit_scale_init_value), (), (), pdt)
 
   def encode_image(self, pixels_bhwc):
     """[B, H, W, C] normalised pixels -> [B, projection_dim] image features."""

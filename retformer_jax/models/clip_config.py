@@ -12,10 +12,8 @@ import json
 from typing import Any, Mapping
 
 from retformer_jax import errors
+from retformer_jax.models.layers import ACTIVATIONS
 
-# transformers' activation names (ACT2FN) that CLIP configs use and we implement.
-ACTIVATIONS = ("quick_gelu", "gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh",
-               "gelu_fast", "gelu_accurate", "relu", "silu", "swish", "tanh", "sigmoid")
 DTYPES = ("float32", "bfloat16", "float16")
 
 

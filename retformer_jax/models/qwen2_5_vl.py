@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from retformer_jax.models import qwen_injection, qwen_layout
+from retformer_jax.models import layers, qwen_injection, qwen_layout
 from retformer_jax.models.qwen_config import QwenVLConfig, TextConfig
-from retformer_jax.models.qwen_vision import VisionTower, rms_norm, rotate_half
+from retformer_jax.models.qwen_vision import VisionTower
 
 _INIT = nn.initializers.normal(0.02)
 _NEG = float(np.finfo(np.float32).min)
@@ -48,7 +48,7 @@ class DecoderParams(nn.Module):
     ones, zeros = nn.initializers.ones, nn.initializers.zeros
 
     def p(name, shape, axes, init=_INIT):
-      return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
+      return layers.param(self, name, init, shape, axes, self.param_dtype)
 
     return {
         "input_norm": p("input_norm", (L, D), ("layers", "embed"), ones),
@@ -101,16 +101,13 @@ class QwenVL(nn.Module):
     t = self.cfg.text
     self.visual = VisionTower(self.cfg.vision, dtype=self.dtype, param_dtype=self.param_dtype)
     self.layers = DecoderParams(t, self.param_dtype)
-    self.embed_tokens = self.param(
-        "embed_tokens", nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
-        (t.vocab_size, t.hidden), self.param_dtype)
-    self.final_norm = self.param(
-        "final_norm", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-        (t.hidden,), self.param_dtype)
+    self.embed_tokens = layers.param(self, "embed_tokens", _INIT, (t.vocab_size, t.hidden),
+                                     ("vocab", "embed"), self.param_dtype)
+    self.final_norm = layers.param(self, "final_norm", nn.initializers.ones, (t.hidden,),
+                                   ("embed",), self.param_dtype)
     if not t.tie_embeddings:
-      self.lm_head = self.param(
-          "lm_head", nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
-          (t.hidden, t.vocab_size), self.param_dtype)
+      self.lm_head = layers.param(self, "lm_head", _INIT, (t.hidden, t.vocab_size),
+                                  ("embed", "vocab"), self.param_dtype)
 
   def init_params(self):
     """Touches every parameter: `model.init(rng, method=QwenVL.init_params)`."""
@@ -123,7 +120,7 @@ class QwenVL(nn.Module):
 
   def logits(self, h_nd, final_norm: bool = True):
     if final_norm:
-      h_nd = rms_norm(h_nd, self.final_norm, self.cfg.text.eps)
+      h_nd = layers.rms_norm(h_nd, self.final_norm, self.cfg.text.eps)
     return jnp.dot(h_nd.astype(self.dtype), self._head().astype(self.dtype),
                    preferred_element_type=jnp.float32)
 
@@ -171,12 +168,12 @@ class QwenVL(nn.Module):
       h, st = carry
       p, idx, pk, pv = xs
       h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
-      a_in = rms_norm(h, p["input_norm"], t.eps)
+      a_in = layers.rms_norm(h, p["input_norm"], t.eps)
       q = jnp.einsum("btd,dhe->bthe", a_in, p["q"].astype(dt)) + p["q_bias"].astype(dt)
       k = jnp.einsum("btd,dhe->bthe", a_in, p["k"].astype(dt)) + p["k_bias"].astype(dt)
       v = jnp.einsum("btd,dhe->bthe", a_in, p["v"].astype(dt)) + p["v_bias"].astype(dt)
-      q = q * cos + rotate_half(q) * sin
-      k = k * cos + rotate_half(k) * sin
+      q = q * cos + layers.rotate_half(q) * sin
+      k = k * cos + layers.rotate_half(k) * sin
       q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
       kk, vv = k, v
       if pk is not None:
@@ -185,7 +182,7 @@ class QwenVL(nn.Module):
         kk, vv = jnp.concatenate([bk, k], 1), jnp.concatenate([bv, v], 1)
       o = _attend(q, kk, vv, mask, dt)
       h = h + jnp.einsum("bthe,hed->btd", o, p["o"].astype(dt))
-      x = rms_norm(h, p["post_norm"], t.eps)
+      x = layers.rms_norm(h, p["post_norm"], t.eps)
       g = jax.nn.silu(x @ p["gate"].astype(dt))
       g = nn.with_logical_constraint(g * (x @ p["up"].astype(dt)), ("batch", "length", "mlp"))
       f = g @ p["down"].astype(dt)
@@ -200,7 +197,7 @@ class QwenVL(nn.Module):
       if inj is not None:
         h_last = jnp.take_along_axis(h, last_idx_b[:, None, None], axis=1)[:, 0]
         if inj.final_norm:
-          h_last = rms_norm(h_last, self.final_norm, t.eps)
+          h_last = layers.rms_norm(h_last, self.final_norm, t.eps)
         lg = jnp.dot(h_last.astype(dt), head.astype(dt), preferred_element_type=jnp.float32)
         st = st.step(idx, qwen_injection.topk_entropy(lg, inj.top_k), inj, t.layers)
       return (h, st), ((k, v) if collect_kv else None)

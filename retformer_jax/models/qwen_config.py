@@ -1,4 +1,4 @@
-"""Qwen2.5-VL / Qwen2-VL hyper-parameters as frozen dataclasses, read from HuggingFace `config.json`.
+"""Qwen2.5-VL / Qwen2-VL hyper-parameters as frozen dataclasses, read from HF `config.json`.
 
 Only what the forward pass needs is kept. `QwenVLConfig.from_hf_dict` reads both the
 transformers 4.x flat layout and the 5.x nested one (`text_config`, `rope_parameters`).

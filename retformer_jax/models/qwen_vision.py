@@ -18,41 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from retformer_jax.models import qwen_layout
+from retformer_jax.models import layers, qwen_layout
 from retformer_jax.models.qwen_config import VisionConfig
 
 _INIT = nn.initializers.normal(0.02)
-
-
-def activation(name: str):
-  if name == "silu":
-    return jax.nn.silu
-  if name == "quick_gelu":
-    return lambda x: x * jax.nn.sigmoid(1.702 * x)
-  if name in ("gelu", "gelu_pytorch_exact"):
-    return lambda x: jax.nn.gelu(x, approximate=False)
-  if name in ("gelu_new", "gelu_pytorch_tanh"):
-    return lambda x: jax.nn.gelu(x, approximate=True)
-  raise ValueError(f"Unsupported activation {name!r}; expected silu, quick_gelu or gelu.")
-
-
-def rms_norm(x, scale, eps):
-  x32 = x.astype(jnp.float32)
-  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + eps)
-  return scale.astype(x.dtype) * y.astype(x.dtype)
-
-
-def layer_norm(x, scale, bias, eps):
-  x32 = x.astype(jnp.float32)
-  mu = jnp.mean(x32, -1, keepdims=True)
-  var = jnp.mean(jnp.square(x32 - mu), -1, keepdims=True)
-  y = (x32 - mu) * jax.lax.rsqrt(var + eps)
-  return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
-
-
-def rotate_half(x):
-  a, b = jnp.split(x, 2, axis=-1)
-  return jnp.concatenate([-b, a], axis=-1)
 
 
 class VisionTower(nn.Module):
@@ -63,7 +32,7 @@ class VisionTower(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   def _p(self, name, shape, axes, init=_INIT):
-    return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
+    return layers.param(self, name, init, shape, axes, self.param_dtype)
 
   def setup(self):
     c = self.cfg
@@ -120,8 +89,8 @@ class VisionTower(nn.Module):
     dt = self.dtype
     W, H = c.width, c.heads
     hd = W // H
-    norm = rms_norm if c.windowed else None
-    act = activation(c.act)
+    norm = layers.rms_norm if c.windowed else None
+    act = layers.activation(c.act)
     x = jnp.asarray(patches, dt) @ self.patch_embed.astype(dt)
     x = x[perm]
     inv = 1.0 / (c.rope_theta ** (jnp.arange(0, hd // 2, 2, dtype=jnp.float32) / (hd // 2)))
@@ -140,14 +109,14 @@ class VisionTower(nn.Module):
     def block(x, xs):
       p, full = xs
       if norm is not None:
-        h = rms_norm(x, p["norm1"], c.eps)
+        h = layers.rms_norm(x, p["norm1"], c.eps)
       else:
-        h = layer_norm(x, p["norm1"], p["norm1_bias"], c.eps)
+        h = layers.layer_norm(x, p["norm1"], p["norm1_bias"], c.eps)
       qkv = jnp.einsum("nd,dkhe->knhe", h, p["qkv"].astype(dt)) + p["qkv_bias"].astype(dt)[:, None]
       q, k, v = qkv[0], qkv[1], qkv[2]
       q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
-      q = (q32 * cos + rotate_half(q32) * sin).astype(dt)
-      k = (k32 * cos + rotate_half(k32) * sin).astype(dt)
+      q = (q32 * cos + layers.rotate_half(q32) * sin).astype(dt)
+      k = (k32 * cos + layers.rotate_half(k32) * sin).astype(dt)
       s = jnp.einsum("nhe,mhe->hnm", q, k).astype(jnp.float32) * (hd ** -0.5)
       mask = jnp.where(full, full_mask, win_mask)
       s = jnp.where(mask[None], s, neg)
@@ -155,21 +124,21 @@ class VisionTower(nn.Module):
       o = jnp.einsum("hnm,mhe->nhe", a, v)
       x = x + jnp.einsum("nhe,hed->nd", o, p["proj"].astype(dt)) + p["proj_bias"].astype(dt)
       if norm is not None:
-        h = rms_norm(x, p["norm2"], c.eps)
+        h = layers.rms_norm(x, p["norm2"], c.eps)
         g = act(h @ p["gate"].astype(dt) + p["gate_bias"].astype(dt))
         u = h @ p["up"].astype(dt) + p["up_bias"].astype(dt)
         m = (g * u) @ p["down"].astype(dt) + p["down_bias"].astype(dt)
       else:
-        h = layer_norm(x, p["norm2"], p["norm2_bias"], c.eps)
+        h = layers.layer_norm(x, p["norm2"], p["norm2_bias"], c.eps)
         m = act(h @ p["fc1"].astype(dt) + p["fc1_bias"].astype(dt))
         m = m @ p["fc2"].astype(dt) + p["fc2_bias"].astype(dt)
       return x + m, None
 
     x, _ = jax.lax.scan(block, x, (self.blocks, jnp.asarray(is_full)))
     if c.windowed:
-      x = rms_norm(x, self.merger_norm, c.eps)
+      x = layers.rms_norm(x, self.merger_norm, c.eps)
     else:
-      x = layer_norm(x, self.merger_norm, self.merger_norm_bias, c.eps)
+      x = layers.layer_norm(x, self.merger_norm, self.merger_norm_bias, c.eps)
     x = x.reshape(-1, W * c.merge_size ** 2)
     x = jax.nn.gelu(x @ self.merger_fc1.astype(dt) + self.merger_fc1_bias.astype(dt),
                     approximate=False)

@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from retformer_jax.models import layers
+
 MODALITIES = ("image_text", "image", "text")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -62,44 +64,6 @@ class ModelConfig:
     return cls(num_classes=num_classes, **{n: model_config[n] for n in names})
 
 
-class Proj(nn.Module):
-  """y = x W + b contracting the last `len(in_axes)` dims of x (explicit, named parameters)."""
-
-  features: tuple[int, ...]
-  axes: tuple[str, ...]  # logical names of the kernel: contracted dims, then output dims
-  dtype: Any
-  use_bias: bool = True
-
-  @nn.compact
-  def __call__(self, x):
-    n_in = len(self.axes) - len(self.features)
-    in_shape = x.shape[x.ndim - n_in:]
-    kernel = self.param(
-        "kernel", nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=tuple(
-                range(n_in)), out_axis=tuple(range(n_in, len(self.axes)))), self.axes),
-        in_shape + tuple(self.features), jnp.float32)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
-    if not self.use_bias:
-      return y
-    bias = self.param("bias", nn.with_logical_partitioning(
-        nn.initializers.zeros_init(), self.axes[n_in:]), tuple(self.features), jnp.float32)
-    return y + bias.astype(self.dtype)
-
-
-def _dense(features, axes, dtype, name, use_bias=True):
-  features = (features,) if isinstance(features, int) else tuple(features)
-  return Proj(features, tuple(axes), dtype, use_bias, name=name)
-
-
-def _layer_norm(dtype, name):
-  return nn.LayerNorm(
-      dtype=dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
-
-
 class Attention(nn.Module):
   """Multi-head attention of `x_bqd` over `kv_bkd`; sows the weights of query slot 0."""
 
@@ -113,8 +77,8 @@ class Attention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f"RetFormer width {d} is not a multiple of num_heads {self.num_heads}.")
     hd = d // self.num_heads
-    proj = lambda n, b=True: _dense((self.num_heads, hd), ("embed", "heads", "head_dim"),
-                                    self.dtype, n, b)
+    proj = lambda n, b=True: layers.Dense((self.num_heads, hd), ("embed", "heads", "head_dim"),
+                                          self.dtype, b, name=n)
     q_bqhk = proj("query")(x_bqd)
     k_bshk = proj("key", False)(kv_bkd)  # a key bias cannot change the softmax: none
     v_bshk = proj("value")(kv_bkd)
@@ -124,7 +88,7 @@ class Attention(nn.Module):
     w_bhqs = nn.Dropout(self.dropout)(w_bhqs, deterministic=not train).astype(self.dtype)
     o_bqhk = jnp.einsum("bhqs,bshk->bqhk", w_bhqs, v_bshk)
     o_bqhk = nn.with_logical_constraint(o_bqhk, ("batch", "length", "heads", "head_dim"))
-    return Proj((d,), ("heads", "head_dim", "embed"), self.dtype, name="out")(o_bqhk)
+    return layers.Dense(d, ("heads", "head_dim", "embed"), self.dtype, name="out")(o_bqhk)
 
 
 class Mlp(nn.Module):
@@ -134,9 +98,9 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_btd):
     d = x_btd.shape[-1]
-    h_btf = _dense(self.hidden, ("embed", "mlp"), self.dtype, "fc1")(x_btd)
+    h_btf = layers.Dense(self.hidden, ("embed", "mlp"), self.dtype, name="fc1")(x_btd)
     h_btf = nn.with_logical_constraint(nn.gelu(h_btf), ("batch", "length", "mlp"))
-    return _dense(d, ("mlp", "embed"), self.dtype, "fc2")(h_btf)
+    return layers.Dense(d, ("mlp", "embed"), self.dtype, name="fc2")(h_btf)
 
 
 class CrossFusionLayer(nn.Module):
@@ -148,13 +112,15 @@ class CrossFusionLayer(nn.Module):
   def __call__(self, i_bsd, t_bsd, *, train: bool):
     c, dt = self.cfg, DTYPES[self.cfg.dtype]
     d = i_bsd.shape[-1]
-    ni = _layer_norm(dt, "ln_image")(i_bsd)
-    nt = _layer_norm(dt, "ln_text")(t_bsd)
+    ni = layers.LayerNorm("ln_image", dt)(i_bsd)
+    nt = layers.LayerNorm("ln_text", dt)(t_bsd)
     i_new = Attention(c.num_heads, dt, c.dropout, name="text_queries_image")(nt, ni, train=train)
     t_new = Attention(c.num_heads, dt, c.dropout, name="image_queries_text")(ni, nt, train=train)
     i_bsd, t_bsd = i_new + i_bsd, t_new + t_bsd
-    i_bsd = i_bsd + Mlp(c.mlp_ratio * d, dt, name="mlp_image")(_layer_norm(dt, "ln_image_mlp")(i_bsd))
-    t_bsd = t_bsd + Mlp(c.mlp_ratio * d, dt, name="mlp_text")(_layer_norm(dt, "ln_text_mlp")(t_bsd))
+    i_bsd = i_bsd + Mlp(c.mlp_ratio * d, dt, name="mlp_image")(
+        layers.LayerNorm("ln_image_mlp", dt)(i_bsd))
+    t_bsd = t_bsd + Mlp(c.mlp_ratio * d, dt, name="mlp_text")(
+        layers.LayerNorm("ln_text_mlp", dt)(t_bsd))
     spec = ("batch", "length", "embed")
     return nn.with_logical_constraint(i_bsd, spec), nn.with_logical_constraint(t_bsd, spec)
 
@@ -167,9 +133,10 @@ class SelfFusionLayer(nn.Module):
   @nn.compact
   def __call__(self, x_bsd, *, train: bool):
     c, dt = self.cfg, DTYPES[self.cfg.dtype]
-    n = _layer_norm(dt, "ln")(x_bsd)
+    n = layers.LayerNorm("ln", dt)(x_bsd)
     x_bsd = x_bsd + Attention(c.num_heads, dt, c.dropout, name="self_attention")(n, n, train=train)
-    x_bsd = x_bsd + Mlp(c.mlp_ratio * x_bsd.shape[-1], dt, name="mlp")(_layer_norm(dt, "ln_mlp")(x_bsd))
+    x_bsd = x_bsd + Mlp(c.mlp_ratio * x_bsd.shape[-1], dt, name="mlp")(
+        layers.LayerNorm("ln_mlp", dt)(x_bsd))
     return nn.with_logical_constraint(x_bsd, ("batch", "length", "embed"))
 
 
@@ -190,11 +157,11 @@ class RetFormer(nn.Module):
     c, dt = self.cfg, DTYPES[self.cfg.dtype]
     z_bd = nn.with_logical_constraint(z_bd.astype(dt), ("batch", "embed"))
     if c.backbone_hidden:
-      h = _dense(c.backbone_hidden, ("embed", "mlp"), dt, "backbone_fc1")(z_bd)
+      h = layers.Dense(c.backbone_hidden, ("embed", "mlp"), dt, name="backbone_fc1")(z_bd)
       h = nn.with_logical_constraint(nn.gelu(h), ("batch", "mlp"))
-      logits_i = _dense(c.num_classes, ("mlp", "classes"), dt, "backbone_head")(h)
+      logits_i = layers.Dense(c.num_classes, ("mlp", "classes"), dt, name="backbone_head")(h)
     else:
-      logits_i = _dense(c.num_classes, ("embed", "classes"), dt, "backbone_head")(z_bd)
+      logits_i = layers.Dense(c.num_classes, ("embed", "classes"), dt, name="backbone_head")(z_bd)
     logits = logits_i.astype(jnp.float32)
     if c.use_retrieval:
       if nb_image_bkd is None or nb_text_bkd is None:
@@ -213,8 +180,8 @@ class RetFormer(nn.Module):
     if c.modalities == "image_text":
       e_image, e_text = streams(z_bd, nb_image_bkd, nb_text_bkd)
       if width != d_in:
-        e_image = _dense(width, ("embed", "mlp"), dt, "proj_image")(e_image)
-        e_text = _dense(width, ("embed", "mlp"), dt, "proj_text")(e_text)
+        e_image = layers.Dense(width, ("embed", "mlp"), dt, name="proj_image")(e_image)
+        e_text = layers.Dense(width, ("embed", "mlp"), dt, name="proj_text")(e_text)
       i_bsd = nn.with_logical_constraint(e_image, spec)
       t_bsd = nn.with_logical_constraint(e_text, spec)
       for layer in range(c.num_layers):
@@ -224,13 +191,13 @@ class RetFormer(nn.Module):
       nb = nb_image_bkd if c.modalities == "image" else nb_text_bkd
       x_bsd = jnp.concatenate([z_bd[:, None, :], nb], axis=1)
       if width != d_in:
-        x_bsd = _dense(width, ("embed", "mlp"), dt, "proj")(x_bsd)
+        x_bsd = layers.Dense(width, ("embed", "mlp"), dt, name="proj")(x_bsd)
       x_bsd = nn.with_logical_constraint(x_bsd, spec)
       for layer in range(c.num_layers):
         x_bsd = SelfFusionLayer(c, name=f"fusion_{layer}")(x_bsd, train=train)
       query = x_bsd[:, 0]
-    query = nn.with_logical_constraint(_layer_norm(dt, "ln_head")(query), ("batch", "embed"))
-    return _dense(c.num_classes, ("embed", "classes"), dt, "retrieval_head")(query)
+    query = nn.with_logical_constraint(layers.LayerNorm("ln_head", dt)(query), ("batch", "embed"))
+    return layers.Dense(c.num_classes, ("embed", "classes"), dt, name="retrieval_head")(query)
 
 
 def query_attention(intermediates) -> jnp.ndarray:
