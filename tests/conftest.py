@@ -15,6 +15,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LT_FIXTURES = REPO / "tests" / "fixtures" / "lt_splits"
 
 
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+  return REPO
+
+
 def _checksums() -> dict[str, str]:
   lines = (LT_FIXTURES / "SHA256SUMS").read_text(encoding="utf-8").splitlines()
   return {name: digest for digest, name in (line.split() for line in lines if line.strip())}
