@@ -21,6 +21,7 @@ from absl import logging
 from retformer_jax import atomic_io
 from retformer_jax.data import registry
 from retformer_jax.evaluation import evaluator
+from retformer_jax.kb import api
 from retformer_jax.train import checkpointing, from_kb, run_record
 from retformer_jax.train.metric_writer import MetricWriter
 
@@ -33,8 +34,6 @@ def _inputs_key(config, run: str, step: int, nb_fingerprint: str) -> dict:
 
 
 def run(config, workdir: str) -> None:
-  from retformer_jax.kb import api
-
   labelled = registry.load(config.data)
   counts = np.asarray(labelled.train_counts, np.int64)
   kb = api.open_kb(workdir, config)

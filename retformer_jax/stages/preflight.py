@@ -8,6 +8,7 @@ that mean nothing, so there an empty path is an error that shows how to get real
 from __future__ import annotations
 
 from retformer_jax import errors
+from retformer_jax.kb import source_spec
 
 CLIP_DOWNLOAD = ("huggingface-cli download laion/CLIP-ViT-B-16-DataComp.XL-s13B-b90K "
                  "--local-dir ~/clip-b16-datacomp")
@@ -21,8 +22,6 @@ def check(config, names) -> None:
   """Raises errors.ConfigError when a stage in `names` would use a demo model on real data,
   and the KB's SourceSpecError for a malformed config.kb.sources entry."""
   if any(n in ("embed", "index", "neighbors", "train", "eval") for n in names):
-    from retformer_jax.kb import source_spec
-
     source_spec.kb_sources(config)
   if any(n in RETFORMER_STAGES for n in names) and config.data.name != "demo" \
       and not config.clip.path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from retformer_jax.kb import api, source_spec
 from retformer_jax.train import input_pipeline
 
 
@@ -20,8 +21,6 @@ def query_set_from(store, neighbor_rows: np.ndarray, kb, k: int) -> input_pipeli
 
 
 def query_set(workdir: str, config, split: str, kb) -> input_pipeline.QuerySet:
-  from retformer_jax.kb import api, source_spec
-
   if split not in source_spec.query_splits(config):
     raise ValueError(f"Split {split!r} has no query store or neighbours: the embed/neighbors "
                      f"stages cover {source_spec.query_splits(config)}. Add it to "
