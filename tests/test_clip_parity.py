@@ -91,6 +91,7 @@ def test_bfloat16_compute_is_close(variant):
     assert np.abs(ours - ref).max() <= 0.05 * np.abs(ref).max()
 
 
+@pytest.mark.slow
 def test_save_clip_round_trips_through_transformers(variant, tmp_path):
   """save_clip writes a folder that transformers and load_clip both read back identically."""
   import transformers

@@ -22,6 +22,7 @@ def tiny_config():
   return c
 
 
+@pytest.mark.slow
 def test_train_step_learns_without_recompiling_and_donates_state():
   c = tiny_config()
   data = synthetic.make()
