@@ -62,7 +62,8 @@ def main(argv) -> None:
     names = tuple(config.stages)
   except OSError as e:
     raise app.UsageError(f"--config could not be loaded: {e}") from None
-  workdir = os.path.abspath(FLAGS.workdir)
+  workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+  _expand_home(config)
   try:
     # Fail on a typo or a config that would give wrong numbers before joining a job.
     stages.check_names(names)
@@ -83,6 +84,16 @@ def main(argv) -> None:
     if _verbose():
       traceback.print_exc()
     _stop(errors.EXIT_USAGE, f"ERROR {errors.one_line(e)}")
+
+
+def _expand_home(config) -> None:
+  """`--config.clip.path=~/clip`: the shell leaves a `~` after `=` alone, so paths given that
+  way are expanded here (every string value that starts with `~/`)."""
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      _expand_home(value)
+    elif isinstance(value, str) and value.startswith("~/"):
+      config[key] = os.path.expanduser(value)
 
 
 def _verbose() -> bool:

@@ -52,6 +52,7 @@ def test_demo_models_refused_on_real_data():
   assert preflight.CLIP_DOWNLOAD in readme and preflight.QWEN_DOWNLOAD in readme
 
 
+@pytest.mark.slow
 def test_real_config_without_weights_stops_before_any_stage(tmp_path):
   r = _main("--config=configs/cifar100_lt.py", f"--workdir={tmp_path / 'w'}")
   assert r.returncode == errors.EXIT_USAGE, r.stderr[-2000:]
@@ -61,6 +62,7 @@ def test_real_config_without_weights_stops_before_any_stage(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (("--config.stages=('embed',)", "--config.kb.sources=('downstream','web=wds:')"),
      "'wds:'"),
@@ -78,6 +80,7 @@ def test_user_mistakes_are_one_line_and_verbose_shows_the_traceback(tmp_path, ar
   assert r.returncode == errors.EXIT_USAGE and "Traceback" in r.stderr
 
 
+@pytest.mark.slow
 def test_unknown_stage_is_one_line(tmp_path):
   r = _main("--config=configs/demo.py", f"--workdir={tmp_path / 'w'}",
             "--config.stages=('embed','trian')")

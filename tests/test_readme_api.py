@@ -320,9 +320,6 @@ def test_every_main_command_in_the_readme_parses(monkeypatch):
         assert node == want or str(node) == value, (line, key, node)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "README commands pass `--config.clip.path=~/...` and `--config.retllm.model_path=~/...`: "
-    "bash does not expand ~ after `=` in such words, and the package does not expanduser"))
 def test_weight_folders_of_the_readme_commands_are_found(tmp_path, monkeypatch):
   """Where the README's commands point at weights with ~, the folder the stages open exists
   (HOME here holds the folders the README's download commands create)."""
@@ -334,6 +331,7 @@ def test_weight_folders_of_the_readme_commands_are_found(tmp_path, monkeypatch):
     words = shell_words(line, HOME=str(home))
     os.makedirs(words[words.index("--local-dir") + 1])
   monkeypatch.chdir(REPO)
+  monkeypatch.setenv("HOME", str(home))
   checked = 0
   for line in readme_commands("python -m retformer_jax.main"):
     if "~" not in line:

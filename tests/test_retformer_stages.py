@@ -112,6 +112,7 @@ def _metrics(wd, split="test"):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_retrieval_beats_the_mlp_only_run_on_few(demo_runs):
   ret, mlp = _metrics(demo_runs["retrieval"]), _metrics(demo_runs["mlp"])
   assert ret["num_examples"] == mlp["num_examples"] == 120
@@ -122,6 +123,7 @@ def test_retrieval_beats_the_mlp_only_run_on_few(demo_runs):
       os.path.join(demo_runs["mlp"], "checkpoints"))
 
 
+@pytest.mark.slow
 def test_train_and_eval_stages_write_their_outputs_and_skip_when_done(demo_runs):
   wd = demo_runs["retrieval"]
   c = _config(True)
@@ -158,6 +160,7 @@ def _overwrite_text(store_dir, new_text):
   os.replace(tmp, os.path.join(store_dir, "text.npy"))
 
 
+@pytest.mark.slow
 def test_query_texts_on_disk_never_change_predictions_but_kb_texts_do(demo_runs, tmp_path):
   wd = str(tmp_path / "w")
   shutil.copytree(demo_runs["retrieval"], wd)

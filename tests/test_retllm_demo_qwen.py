@@ -11,6 +11,9 @@ import pytest
 from retformer_jax.demo import qwen as demo_qwen
 from retformer_jax.demo import tokenizers
 
+# A tiny Qwen2.5-VL built and loaded in transformers per module: the slow tier.
+pytestmark = pytest.mark.slow
+
 CORPUS = ["a golden fox in the grass", "the amber owl seen at dusk", "my teal newt on a rock!"]
 
 

@@ -24,6 +24,7 @@ def _config():
   return c
 
 
+@pytest.mark.slow
 def test_demo_stage_end_to_end_and_rerun(tmp_path, monkeypatch):
   from retformer_jax.retllm import caption_sets
   from retformer_jax.retllm import scorer as scorer_lib

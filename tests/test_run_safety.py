@@ -51,6 +51,7 @@ def _stop_after(monkeypatch, n):
   monkeypatch.setattr(preemption, "reached", lambda step: step >= n)
 
 
+@pytest.mark.slow
 def test_preempted_training_is_never_evaluated_and_resumes(workdir, monkeypatch):
   c = _config()
   with monkeypatch.context() as m:
@@ -69,6 +70,7 @@ def test_preempted_training_is_never_evaluated_and_resumes(workdir, monkeypatch)
   assert m["step"] == record["total_steps"]
 
 
+@pytest.mark.slow
 def test_changed_inputs_never_reuse_old_checkpoints(workdir):
   c = _config()
   train.run(c, workdir)
@@ -98,6 +100,7 @@ def test_changed_inputs_never_reuse_old_checkpoints(workdir):
   assert inputs["run"] == record["fingerprint"]
 
 
+@pytest.mark.slow
 def test_other_neighbours_are_a_changed_input(workdir):
   c = _config()
   train.run(c, workdir)
@@ -111,6 +114,7 @@ def test_other_neighbours_are_a_changed_input(workdir):
   assert "neighbours of 'train'" in str(e.value)
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_model_unlike_the_trained_one(workdir):
   c = _config()
   train.run(c, workdir)
@@ -128,6 +132,7 @@ def _damage(step_dir):
         fh.truncate(os.path.getsize(path) // 2)
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back(workdir, monkeypatch, caplog):
   c = _config()
   c.checkpoint.keep_last = 5

@@ -129,6 +129,9 @@ from configs import common
 from retformer_jax.parallel import mesh as mesh_lib
 from retformer_jax.retllm import scorer
 
+# Full parity runs on a tiny Qwen2.5-VL built per module: the slow tier.
+pytestmark = pytest.mark.slow
+
 folder = sys.argv[1]
 cfg = common.get_config().mesh
 cfg.data, cfg.model = 1, 2

@@ -138,7 +138,7 @@ def demo_clip_dir(workdir: str) -> str:
 
 
 def clip_folder(config, workdir: str) -> str:
-  return config.clip.path or demo_clip_dir(workdir)
+  return os.path.expanduser(config.clip.path) if config.clip.path else demo_clip_dir(workdir)
 
 
 def ensure_demo_clip(config, workdir: str) -> None:

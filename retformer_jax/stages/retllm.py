@@ -30,12 +30,13 @@ def qwen_folder(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The MLLM folder: config.retllm.model_path, or the tiny random model built in the workdir."""
   rc = config.retllm
   if rc.model_path:
-    if not os.path.isdir(rc.model_path):
+    path = os.path.expanduser(rc.model_path)
+    if not os.path.isdir(path):
       raise FileNotFoundError(
           f"config.retllm.model_path {rc.model_path!r} is not a folder; give a HuggingFace "
           "Qwen2.5-VL / Qwen2-VL folder (config.json + *.safetensors + tokenizer files), "
           "or '' for the embedded tiny demo model.")
-    return rc.model_path
+    return path
   folder = os.path.join(workdir, "demo_qwen")
   spec = demo_dataset.DemoSpec.from_config(config.data.demo)
   demo_qwen.build_demo_qwen(folder, demo_dataset.corpus(spec), min_pixels=rc.min_pixels,
