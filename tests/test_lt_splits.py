@@ -1,4 +1,4 @@
-"""Split logic on the real OLTR lists (shared/data/lt_splits beside the repo) and CIFAR-100-LT."""
+"""Split logic on the real OLTR lists (tests/fixtures/lt_splits and the package's copies) and CIFAR-100-LT."""
 
 import numpy as np
 import pytest
