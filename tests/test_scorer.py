@@ -13,6 +13,9 @@ from retformer_jax.models.qwen_injection import InjectionConfig
 from retformer_jax.demo import qwen as demo_qwen
 from retformer_jax.retllm import scorer
 
+# Full parity runs on a tiny Qwen2.5-VL built per module: the slow tier.
+pytestmark = pytest.mark.slow
+
 CORPUS = ["a red fox jumps over the fence", "two dogs play in the snow", "a man rides a bike",
           "children on a sunny beach"]
 INJ = InjectionConfig(enabled=True, layer_lo=0, layer_hi=3)  # 4 layers: layers 2 or 3 armable
@@ -128,9 +131,6 @@ import numpy as np
 from configs import common
 from retformer_jax.parallel import mesh as mesh_lib
 from retformer_jax.retllm import scorer
-
-# Full parity runs on a tiny Qwen2.5-VL built per module: the slow tier.
-pytestmark = pytest.mark.slow
 
 folder = sys.argv[1]
 cfg = common.get_config().mesh
