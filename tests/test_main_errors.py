@@ -125,3 +125,24 @@ def test_sigterm_during_train_stops_the_pipeline_and_a_rerun_finishes(tmp_path):
   r = _main(*_demo_args(wd))  # the same command resumes and finishes
   assert r.returncode == 0, r.stderr[-3000:]
   assert "Resumed from step" in r.stderr and (wd / "eval" / "test" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("status,requeued", [(errors.EXIT_PREEMPTED, True), (1, False),
+                                             (0, False)])
+def test_slurm_job_requeues_itself_only_when_preempted(tmp_path, status, requeued):
+  """launch/slurm_gpu.sbatch: main's status 75 (preempted, saved) -> `scontrol requeue`;
+  a failure or success is passed on as it is."""
+  bindir = tmp_path / "bin"
+  bindir.mkdir()
+  log = tmp_path / "scontrol.args"
+  for name, body in (("srun", f"exit {status}\n"), ("scontrol", f'echo "$@" > {log}\n')):
+    (bindir / name).write_text("#!/usr/bin/env bash\n" + body)
+    (bindir / name).chmod(0o755)
+  env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", SLURM_JOB_ID="4242")
+  r = subprocess.run(["bash", "launch/slurm_gpu.sbatch", "--config=configs/demo.py",
+                      "--workdir=/tmp/x"], cwd=REPO, env=env, capture_output=True, text=True,
+                     timeout=60)
+  assert r.returncode == status
+  assert log.exists() == requeued
+  if requeued:
+    assert log.read_text().split() == ["requeue", "4242"]
