@@ -22,8 +22,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import demo as demo_config
 from retformer_jax import stages
+from test_kb_stages import small_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -162,15 +162,7 @@ def test_pair_scorer_as_in_readme(qwen_folder):
 # ------------------------------------------------------------------ KB stages and checkpoints
 
 def _tiny_demo_config():
-  c = demo_config.get_config()
-  c.data.demo.num_classes = 4
-  c.data.demo.max_per_class = 24
-  c.data.demo.imbalance = 3.0
-  c.data.demo.test_per_class = 3
-  c.data.demo.val_per_class = 1
-  c.clip.batch_size = 16
-  c.embed.progress = False
-  c.neighbors.k = 4
+  c = small_config()  # the 4-class demo set of the KB stage tests
   c.model.num_layers, c.model.num_heads, c.model.mlp_ratio = 1, 2, 2
   c.train.batch_size, c.train.epochs = 16, 1
   return c
