@@ -1,7 +1,7 @@
 """RetFormer train-step throughput at paper size on this machine, as a fraction of its matmul peak.
 
   python bench/train_step.py               # d=512, k=32, L=4, batch 256, 1000 classes, 8 heads
-  python bench/train_step.py --breakdown   # also: where one step's time goes, per op (profile)
+  python bench/train_step.py --breakdown   # also: where a step's time goes, piece by piece
 
 Runs the real jitted `train_step` (AdamW, LACE, label smoothing, mixup) on random inputs.
 FLOPs per step are counted analytically from the matmuls (forward x 3 for forward + backward;
@@ -18,15 +18,12 @@ Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
 import json
 import os
 import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -76,12 +73,6 @@ def matmul_flops_parts(b: int, k: int, d: int, layers: int, mlp_ratio: int, clas
       "MLP (fc1, fc2)": layers * 2 * 2 * 2 * b * s * d * f,  # 2 streams x (d -> f -> d)
       "heads": backbone + 2 * b * (2 * d) * classes,
   }
-
-
-def matmul_flops_forward(b: int, k: int, d: int, layers: int, mlp_ratio: int, classes: int,
-                         backbone_hidden: int = 0) -> int:
-  """Multiply-adds x 2 of one forward pass of RetFormer (image_text, width = d)."""
-  return sum(matmul_flops_parts(b, k, d, layers, mlp_ratio, classes, backbone_hidden).values())
 
 
 def _time(fn, reps: int) -> float:
@@ -150,113 +141,135 @@ def matmul_peaks(step_shape: tuple[int, int, int], reps: int = 3) -> tuple[dict,
 
 
 # ----------------------------------------------------------------------------- breakdown
-def _parse_hlo(text: str) -> tuple[dict, set]:
-  """{instruction: (opcode, op_name, called computation)} of the entry computation, and the
-  names of the computations that contain a dot or convolution."""
-  entry, with_dot, comp, in_entry = {}, set(), None, False
-  for line in text.splitlines():
-    head = re.match(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
-    if head:
-      comp, in_entry = head.group(2), bool(head.group(1))
-      continue
-    inst = re.match(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.*)$", line)
-    if not inst:
-      continue
-    op = re.search(r" ([a-z][a-z0-9\-]*)\(", " " + inst.group(2))
-    opcode = op.group(1) if op else "?"
-    if opcode in ("dot", "convolution"):
-      with_dot.add(comp)
-    if in_entry:
-      name = re.search(r'op_name="([^"]*)"', line)
-      calls = re.search(r"calls=%?([\w.\-]+)", line)
-      entry[inst.group(1)] = (opcode, name.group(1) if name else "",
-                              calls.group(1) if calls else None)
-  return entry, with_dot
-
-
-def _part(op_name: str) -> str:
-  """The model part an HLO op belongs to, from its JAX name stack."""
-  if "jvp(" not in op_name:
-    if re.search(r"_beta|_gamma|threefry|_shuffle|_uniform", op_name):
-      return "rng (mixup lambda, permutation)"
-    return "optimizer, clip, metrics, mixup"
-  if "queries_" in op_name or "attention" in op_name:
-    if re.search(r"/(query|key|value|out)/", op_name):
-      return "attention projections"
-    if "bqhk,bshk->bhqs" in op_name or "bhqs,bshk->bqhk" in op_name:
-      return "attention scores (QK^T, AV)"
-    return "attention softmax etc."
-  if "/mlp_" in op_name:
-    return "MLP (fc1, fc2)"
-  if "/ln_" in op_name:
-    return "layer norms"
-  if "_head" in op_name:
-    return "heads"
-  return "loss, streams, other"
-
-
-def breakdown(compiled, state, batch, key, hlo_text: str, flops_parts: dict) -> tuple:
-  """Profiles one run of the compiled train step: forward / backward / matmul time per part.
-
-  Times are the XLA CPU runtime's per-op (thunk) events of the entry computation; ops inside
-  loops and calls are counted with their parent. Independent ops may overlap, so the op time can
-  exceed the wall time of the step.
-  """
+def _timed_block(module, inputs: tuple, reps: int, **kw) -> tuple[float, float]:
+  """Seconds of one jitted forward, and of forward + backward (grads of the parameters and the
+  inputs, as inside the network), of a standalone Flax module."""
+  import flax.linen as nn
   import jax
-  from jax.profiler import ProfileData
+  import jax.numpy as jnp
 
-  entry, with_dot = _parse_hlo(hlo_text)
-  module = re.search(r"^HloModule ([\w.\-]+)", hlo_text, re.M).group(1)
-  with tempfile.TemporaryDirectory() as d:
-    jax.profiler.start_trace(d)
-    t = time.perf_counter()
-    state, m = compiled(state, batch, key)
-    jax.block_until_ready(m)
-    wall = time.perf_counter() - t
-    jax.profiler.stop_trace()
-    data = ProfileData.from_file(glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)[0])
-    table = collections.defaultdict(lambda: collections.Counter())
-    for plane in data.planes:
-      for line in plane.lines:
-        for e in line.events:
-          stats = dict(e.stats)
-          if stats.get("hlo_module") != module or stats.get("hlo_op") not in entry:
-            continue
-          opcode, op_name, calls = entry[stats["hlo_op"]]
-          row = table[_part(op_name)]
-          sec = e.duration_ns * 1e-9
-          row["total"] += sec
-          row["backward" if "transpose(jvp(" in op_name else
-              "forward" if "jvp(" in op_name else "outside"] += sec
-          if opcode in ("dot", "convolution") or calls in with_dot:
-            row["matmul"] += sec
-  return state, dict(table), wall
+  params = nn.unbox(module.init(jax.random.key(0), *inputs, **kw))
+  fwd = jax.jit(lambda p, *xs: module.apply(p, *xs, **kw))
+  # A random cotangent: with sum() as the loss, XLA would turn the last layer's backward
+  # matmuls into reductions. The value is returned too, or the last forward matmul is dropped.
+  out = jax.eval_shape(fwd, params, *inputs)
+  ct = jax.random.normal(jax.random.key(1), out.shape, out.dtype)
+  total = lambda p, ct, *xs: jnp.vdot(module.apply(p, *xs, **kw), ct).astype(jnp.float32)
+  grad = jax.jit(jax.value_and_grad(total, argnums=(0,) + tuple(range(2, len(inputs) + 2))))
+  fwd_s = _time(lambda: jax.block_until_ready(fwd(params, *inputs)), reps)
+  grad_s = _time(lambda: jax.block_until_ready(grad(params, ct, *inputs)), reps)
+  return fwd_s, grad_s
 
 
-def breakdown_rows(table: dict, wall: float, flops_parts: dict, peak: float) -> list[tuple]:
-  total = sum(r["total"] for r in table.values())
-  order = list(flops_parts) + ["attention softmax etc.", "layer norms", "loss, streams, other",
-                               "optimizer, clip, metrics, mixup", "rng (mixup lambda, permutation)"]
-  ms = lambda x: f"{x * 1e3:.0f}" if x >= 0.1 else f"{x * 1e3:.1f}"
-  rows = [("part", "fwd ms", "bwd ms", "other ms", "total ms", "share", "matmul ms",
-           "matmul GFLOP/s", "of peak")]
-  for part in order + sorted(set(table) - set(order)):
-    r = table.get(part, collections.Counter())
-    if part in flops_parts and r["matmul"] > 0:
-      rate = 3 * flops_parts[part] / r["matmul"]
-      rate_s, frac_s = f"{rate / 1e9:.1f}", f"{rate / peak:.2f}"
-    else:
-      rate_s = frac_s = "-"
-    rows.append((part, ms(r["forward"]), ms(r["backward"]), ms(r["outside"]), ms(r["total"]),
-                 f"{r['total'] / total:.1%}" if total else "-", ms(r["matmul"]), rate_s, frac_s))
-  mm = sum(r["matmul"] for r in table.values())
-  all_flops = 3 * sum(flops_parts.values())
-  rows.append(("all ops", ms(sum(r["forward"] for r in table.values())),
-               ms(sum(r["backward"] for r in table.values())),
-               ms(sum(r["outside"] for r in table.values())), ms(total), "100%", ms(mm),
-               f"{all_flops / mm / 1e9:.1f}" if mm else "-", f"{all_flops / mm / peak:.2f}"
-               if mm else "-"))
-  rows.append(("step wall time (profiled)", "", "", "", ms(wall), "", "", "", ""))
+def breakdown(setup, config, state, batch, counts, args, reps: int = 2) -> list[dict]:
+  """Where a train step's time goes: each piece of the step jitted and timed on its own.
+
+  The blocks (one attention direction, one stream's MLP, a layer norm, the heads) are timed
+  standalone at the step's shapes and multiplied by their calls per step; the whole-model
+  forward, forward + backward (loss included) and the optimizer update use the real model and
+  state. Standalone blocks have both cores to themselves; in the step, XLA may run the two
+  streams' blocks side by side, so the blocks' sum and the step need not agree.
+  """
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from retformer_jax.models import layers, retformer
+  from retformer_jax.parallel import mesh as mesh_lib
+  from retformer_jax.train import losses
+
+  class Heads(nn.Module):
+    """backbone_head(z) + retrieval_head(ln_head([I_0; T_0])), as at the end of RetFormer."""
+
+    classes: int
+    dtype: object
+
+    @nn.compact
+    def __call__(self, z_bd, query_bd):
+      dense = lambda n: layers.Dense(self.classes, ("embed", "classes"), self.dtype, name=n)
+      out = dense("backbone_head")(z_bd).astype(jnp.float32)
+      return out + dense("retrieval_head")(
+          layers.LayerNorm("ln_head", self.dtype)(query_bd)).astype(jnp.float32)
+
+  class AttentionCore(nn.Module):
+    """softmax(q k^T / sqrt(hd)) v per head, as inside `Attention`, without the projections."""
+
+    @nn.compact
+    def __call__(self, q_bqhk, k_bshk, v_bshk):
+      scale = jnp.sqrt(q_bqhk.shape[-1]).astype(q_bqhk.dtype)
+      logits_bhqs = jnp.einsum("bqhk,bshk->bhqs", q_bqhk, k_bshk) / scale
+      w_bhqs = jax.nn.softmax(logits_bhqs.astype(jnp.float32), axis=-1).astype(q_bqhk.dtype)
+      return jnp.einsum("bhqs,bshk->bqhk", w_bhqs, v_bshk)
+
+  b, s, d, L, c = args.batch, args.k + 1, args.dim, args.layers, args.classes
+  f = config.model.mlp_ratio * d
+  dt = retformer.DTYPES[args.dtype]
+  keys = iter(jax.random.split(jax.random.key(0), 16))
+  x = lambda *shape: jax.random.normal(next(keys), shape, dt)
+  parts = matmul_flops_parts(b, args.k, d, L, config.model.mlp_ratio, c)
+  out = []
+
+  def add(name, calls, flops_fwd, fwd_s=None, grad_s=None, per_step_s=None, part_of=False):
+    out.append({"piece": name, "calls": calls, "flops_fwd": flops_fwd, "fwd_s": fwd_s,
+                "fwd_bwd_s": grad_s, "per_step_s": per_step_s, "part_of_previous": part_of})
+
+  with mesh_lib.activate(setup.mesh, setup.rules):
+    fs, gs = _timed_block(retformer.Attention(args.heads, dt), (x(b, s, d), x(b, s, d)), reps,
+                          train=True)
+    add("attention block (one direction)", 2 * L,
+        (parts["attention projections"] + parts["attention scores (QK^T, AV)"]) // (2 * L),
+        fs, gs, 2 * L * gs)
+    h = args.heads
+    fs, gs = _timed_block(AttentionCore(), tuple(x(b, s, h, d // h) for _ in range(3)), reps)
+    add("  of which scores, softmax, AV", 2 * L, parts["attention scores (QK^T, AV)"] // (2 * L),
+        fs, gs, 2 * L * gs, part_of=True)
+    fs, gs = _timed_block(retformer.Mlp(f, dt), (x(b, s, d),), reps)
+    add("MLP block (one stream)", 2 * L, parts["MLP (fc1, fc2)"] // (2 * L), fs, gs, 2 * L * gs)
+    fs, gs = _timed_block(layers.LayerNorm("ln", dt), (x(b, s, d),), reps)
+    add("layer norm", 4 * L, 0, fs, gs, 4 * L * gs)
+    fs, gs = _timed_block(Heads(c, dt), (x(b, d), x(b, 2 * d)), reps)
+    add("heads (backbone, ln_head, retrieval)", 1, parts["heads"], fs, gs, gs)
+    add("sum of the blocks", None, None,
+        per_step_s=sum(r["per_step_s"] for r in out if not r["part_of_previous"]))
+
+    model, params = setup.model, state.params
+    inputs = tuple(batch[k] for k in ("z", "nb_image", "nb_text"))
+    targets = losses.smoothed_targets(batch["label"], c, config.train.label_smoothing)
+    prior = jnp.asarray(losses.log_prior(counts))
+
+    def loss_fn(p):
+      logits = model.apply({"params": p}, *inputs, train=True)
+      return jnp.mean(losses.classification_loss(logits, targets, loss="lace",
+                                                 log_prior_c=prior, lace_tau=1.0))
+
+    fwd = jax.jit(lambda p: model.apply({"params": p}, *inputs, train=True))
+    grad = jax.jit(jax.value_and_grad(loss_fn))
+    fwd_s = _time(lambda: jax.block_until_ready(fwd(params)), reps)
+    grad_s = _time(lambda: jax.block_until_ready(grad(params)), reps)
+    add("model forward", 1, sum(parts.values()), fwd_s, None, None)
+    add("model forward + backward (loss)", 1, sum(parts.values()), None, grad_s, grad_s)
+    grads = grad(params)[1]
+    update = jax.jit(lambda g, o, p: (lambda u: (optax.apply_updates(p, u[0]), u[1]))(
+        setup.tx.update(g, o, p)))
+    opt_s = _time(lambda: jax.block_until_ready(update(grads, state.opt_state, params)), reps)
+    add("optimizer update (clip, AdamW)", 1, 0, per_step_s=opt_s)
+  return out
+
+
+def breakdown_rows(pieces: list[dict], step_s: float, peak: float) -> list[tuple]:
+  ms = lambda t: "-" if t is None else f"{t * 1e3:.0f}" if t >= 0.1 else f"{t * 1e3:.1f}"
+  rate = lambda fl, t: "-" if not fl or t is None else f"{fl / t / 1e9:.1f}"
+  frac = lambda fl, t: "-" if not fl or t is None else f"{fl / t / peak:.2f}"
+  rows = [("piece", "calls", "fwd ms", "fwd GFLOP/s", "fwd+bwd ms", "fwd+bwd GFLOP/s",
+           "of peak", "per step ms", "of step")]
+  for r in pieces + [{"piece": "train step (measured above)", "calls": 1, "flops_fwd": None,
+                      "fwd_s": None, "fwd_bwd_s": None, "per_step_s": step_s}]:
+    fl, g = r["flops_fwd"], r["fwd_bwd_s"]
+    rows.append((r["piece"], "" if r["calls"] is None else str(r["calls"]), ms(r["fwd_s"]),
+                 rate(fl, r["fwd_s"]), ms(g), rate(fl and 3 * fl, g), frac(fl and 3 * fl, g),
+                 ms(r["per_step_s"]),
+                 "-" if r["per_step_s"] is None else f"{r['per_step_s'] / step_s:.0%}"))
   return rows
 
 
@@ -279,7 +292,7 @@ def main():
   p.add_argument("--dtype", default="float32")
   p.add_argument("--peak-reps", type=int, default=3, help="timed repeats of each peak matmul")
   p.add_argument("--breakdown", action="store_true",
-                 help="profile one more step and print where its time goes, per model part")
+                 help="also time each piece of the step alone: where a step's time goes")
   args = p.parse_args()
 
   import jax
@@ -371,12 +384,12 @@ def main():
   if info_peak is not None:
     result[f"step_shape_matmul_flops_{args.dtype}"] = info_peak
   if args.breakdown:
-    state, table, wall = breakdown(compiled, state, batch, key, compiled.as_text(), parts)
-    print(f"\nwhere one step's time goes (XLA CPU per-op profile; matmul GFLOP/s = analytic "
-          f"FLOPs x3 / matmul op time, 'of peak' against {peak / 1e9:.1f} GFLOP/s):")
-    print_rows(breakdown_rows(table, wall, parts, peak))
-    result["breakdown_s"] = {k: dict(v) for k, v in table.items()}
-    result["breakdown_wall_s"] = wall
+    pieces = breakdown(setup, c, state, batch, counts, args)
+    print(f"\nwhere a step's time goes: each piece jitted and timed alone (best of 2; "
+          f"GFLOP/s = analytic matmul FLOPs / time, backward = 2 x forward; 'of peak' against "
+          f"{peak / 1e9:.1f} GFLOP/s; per step = fwd+bwd x calls):")
+    print_rows(breakdown_rows(pieces, step_s, peak))
+    result["breakdown"] = pieces
   print(json.dumps(result))
 
 
