@@ -45,3 +45,25 @@ def test_quick_start_prints_the_readme_numbers(tmp_path):
              "--config.stages=('embed','index','neighbors','train','eval')")
   assert mlp == _readme_row("MLP only")
   assert retrieval[3] > mlp[3] + 15  # the paper's point: retrieval lifts the Few classes
+
+
+def _losses(workdir) -> dict[int, float]:
+  lines = (pathlib.Path(workdir) / "train" / "metrics.jsonl").read_text().splitlines()
+  return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_follows_the_float32_loss_curve_on_the_demo(tmp_path):
+  """model.dtype=bfloat16 (parameters stay float32): the same loss curve within 2% at every
+  logged step, and the same test accuracy within 2 points."""
+  f32 = _run(tmp_path / "f32")
+  for name in ("store", "demo_clip"):
+    shutil.copytree(tmp_path / "f32" / name, tmp_path / "bf16" / name)
+  bf16 = _run(tmp_path / "bf16", "--config.model.dtype=bfloat16",
+              "--config.stages=('embed','index','neighbors','train','eval')")
+  a, b = _losses(tmp_path / "f32"), _losses(tmp_path / "bf16")
+  assert a.keys() == b.keys() and len(a) >= 4
+  for step in a:
+    assert abs(a[step] - b[step]) <= 0.02 * a[step], (step, a[step], b[step])
+  assert abs(f32[0] - bf16[0]) <= 2.0
+
