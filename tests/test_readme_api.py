@@ -286,7 +286,7 @@ def _node(config, key: str):
 
 
 # What the README's $VARIABLES and ~ stand for, for the commands below.
-SHELL = {"WORKDIR": "/mnt/shared/inat", "DATA": "/data/tfds", "HOME": "/home/user"}
+SHELL = {"WORKDIR": "/mnt/filestore/inat", "DATA": "/data/tfds", "HOME": "/home/user"}
 
 
 def test_every_main_command_in_the_readme_parses(monkeypatch):

@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from retformer_jax import errors, preemption
-from retformer_jax.kb import hosts, layout, sources, store
+from retformer_jax.kb import layout, sources, store
+from retformer_jax.parallel import hosts
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,11 @@ import os
 import numpy as np
 
 from retformer_jax import errors, preemption, progress
-from retformer_jax.kb import hosts, layout, store as store_lib
+from retformer_jax.kb import layout, store as store_lib
 from retformer_jax.kb.index_exact import ExactIndex
 from retformer_jax.kb.index_faiss import FaissIndex
 from retformer_jax.kb.index_scann import ScannIndex
+from retformer_jax.parallel import hosts
 
 log = logging.getLogger(__name__)
 FORMAT = "retformer-index-v1"

@@ -22,10 +22,11 @@ import shutil
 import numpy as np
 
 from retformer_jax import atomic_io, errors, preemption, progress
-from retformer_jax.kb import hosts, layout, source_spec
+from retformer_jax.kb import layout, source_spec
 from retformer_jax.kb import index as index_lib
 from retformer_jax.kb import store as store_lib
 from retformer_jax.kb.knowledge_base import KnowledgeBase
+from retformer_jax.parallel import hosts
 
 log = logging.getLogger(__name__)
 FORMAT = "retformer-neighbors-v1"

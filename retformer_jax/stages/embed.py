@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from retformer_jax.kb import embed, encoder as encoder_lib, hosts, layout, source_spec, sources
+from retformer_jax.kb import embed, encoder as encoder_lib, layout, source_spec, sources
+from retformer_jax.parallel import hosts
 
 log = logging.getLogger(__name__)
 

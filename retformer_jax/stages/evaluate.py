@@ -40,6 +40,7 @@ def run(config, workdir: str) -> None:
   ckpt_dir = os.path.join(workdir, "checkpoints")
   step = config.checkpoint.step
   record = run_record.for_eval(ckpt_dir, config, explicit_step=step >= 0)
+  resolved = checkpointing.resolve_step(ckpt_dir, step)
   restored = None
   writer = MetricWriter(os.path.join(workdir, "eval"))
   try:
@@ -47,7 +48,6 @@ def run(config, workdir: str) -> None:
       data = from_kb.query_set(workdir, config, split, kb)
       nb_fp = api.load_neighbors(workdir, config, split).fingerprint
       out_dir = os.path.join(workdir, "eval", split)
-      resolved = checkpointing.resolve_step(ckpt_dir, step)
       key = _inputs_key(config, record["fingerprint"], resolved, nb_fp)
       key_path = os.path.join(out_dir, "inputs.json")
       if os.path.exists(key_path) and os.path.exists(os.path.join(out_dir, "metrics.json")):

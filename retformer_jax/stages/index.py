@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from retformer_jax.kb import hosts, index
+from retformer_jax.kb import index
+from retformer_jax.parallel import hosts
 
 log = logging.getLogger(__name__)
 

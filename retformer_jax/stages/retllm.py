@@ -17,7 +17,7 @@ import ml_collections
 from retformer_jax.demo import dataset as demo_dataset
 from retformer_jax.demo import qwen as demo_qwen
 from retformer_jax.kb import encoder as encoder_lib
-from retformer_jax.kb import hosts
+from retformer_jax.parallel import hosts
 from retformer_jax.models import qwen_injection
 from retformer_jax.parallel import mesh as mesh_lib
 from retformer_jax.retllm import caption_sets

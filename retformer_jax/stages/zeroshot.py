@@ -17,7 +17,8 @@ import numpy as np
 from retformer_jax import atomic_io
 from retformer_jax.data import registry
 from retformer_jax.evaluation import metrics
-from retformer_jax.kb import embed, encoder as encoder_lib, hosts, layout, sources, store
+from retformer_jax.kb import embed, encoder as encoder_lib, layout, sources, store
+from retformer_jax.parallel import hosts
 from retformer_jax.kb import source_spec
 
 log = logging.getLogger(__name__)

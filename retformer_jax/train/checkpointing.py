@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from retformer_jax import errors
+from retformer_jax.parallel import hosts
 
 BEST_METRIC = "val_top1"
 log = pylogging.getLogger(__name__)
@@ -108,10 +109,7 @@ class Checkpointer:
             dest = os.path.join(damaged_dir, f"{b}-{time.strftime('%Y%m%d-%H%M%S')}")
             shutil.move(os.path.join(self.directory, str(b)), dest)
             log.warning("Moved damaged checkpoint step %d to %s.", b, dest)
-        if jax.process_count() > 1:
-          from jax.experimental import multihost_utils
-
-          multihost_utils.sync_global_devices("checkpoints-set-aside")
+        hosts.barrier("checkpoints-set-aside")
         self.manager.reload()
       return step, state, data_state
     if steps:

@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from retformer_jax import errors, preemption, progress
+from retformer_jax.parallel import hosts
 from retformer_jax.train import checkpointing, input_pipeline, run_record
 from retformer_jax.train import setup as setup_lib
 from retformer_jax.train.metric_writer import MetricWriter
@@ -85,7 +86,7 @@ def train(config, workdir: str, data: TrainData, *, evaluate: Evaluate | None = 
   record = run_record.prepare(workdir, ckpt_dir,
                               run_record.run_inputs(config, data.neighbor_fingerprints), total,
                               config.train.changed_inputs, is_writer=jax.process_index() == 0)
-  _barrier("train-run-record")
+  hosts.barrier("train-run-record")
   ckpt = checkpointing.Checkpointer(
       ckpt_dir, keep_last=config.checkpoint.keep_last,
       keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save)
@@ -116,13 +117,6 @@ def train(config, workdir: str, data: TrainData, *, evaluate: Evaluate | None = 
     it.close()
     ckpt.close()
     writer.close()
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
 
 
 def _loop(config, setup: setup_lib.TrainSetup, it: input_pipeline.TrainIterator,

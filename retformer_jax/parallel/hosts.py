@@ -1,4 +1,4 @@
-"""Multi-host coordination for the KB stages: who works on what, and waiting for the others.
+"""Multi-host coordination: who works on what, and waiting for the others.
 
 Work is split by shard number (shard s goes to process s mod P); joins and index builds run on
 process 0 while the others wait at a barrier. With one process everything is a no-op.
