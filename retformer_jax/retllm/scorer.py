@@ -220,22 +220,37 @@ class PairScorer:
       if u.shape[0]:
         fidx[b, :t] = np.where(fi >= 0, np.cumsum(fi >= 0) - 1, -1)
         frows[b, :u.shape[0]] = u
-    return ids, fidx, pos, mask, frows
+    return (self._on_data(ids), self._on_data(fidx), self._on_data(pos, axis=1),
+            self._on_data(mask), self._on_data(frows))
+
+  def _batch(self, n: int) -> int:
+    """Rows of a prefill / extend call: n padded to a multiple of the mesh's `data` size."""
+    d = 1 if self.mesh is None else self.mesh.shape["data"]
+    return -(-n // d) * d
+
+  def _on_data(self, x: np.ndarray, axis: int = 0):
+    """A batch input split over the mesh's `data` axis along `axis` (pairs run in parallel)."""
+    if self.mesh is None:
+      return x
+    spec = jax.sharding.PartitionSpec(*([None] * axis), "data")
+    return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
 
   def _prefill(self, prefixes, feats_list):
-    G = len(prefixes)
+    G = self._batch(len(prefixes))
     P = _bucket(max(len(a[0]) for a in prefixes), self.prefix_bucket)
     ids, fidx, pos, mask, frows = self._pack(prefixes, feats_list, G, P)
     return self._run("prefill", self.params, ids, frows, fidx, pos, mask)
 
   def _extend(self, cache, groups, suffixes, feats_list):
     n = len(suffixes)
-    B = n
+    B = self._batch(n)
     S = _bucket(max(len(a[0]) for a in suffixes), self.suffix_bucket)
     ids, fidx, pos, mask, frows = self._pack(suffixes, feats_list, B, S)
-    last = np.array([len(a[0]) - 1 for a in suffixes], np.int32)
-    rows = np.array(groups, np.int32)
-    p, e, a = self._run("extend", self.params, cache, rows, ids, frows, fidx, pos, mask, last)
+    last, rows = np.zeros(B, np.int32), np.zeros(B, np.int32)  # padding rows: group 0, unused
+    last[:n] = [len(a[0]) - 1 for a in suffixes]
+    rows[:n] = groups
+    p, e, a = self._run("extend", self.params, cache, self._on_data(rows), ids, frows, fidx, pos,
+                        mask, self._on_data(last))
     return np.asarray(p, np.float64)[:n], np.asarray(e, np.float64)[:n], np.asarray(a)[:n]
 
   def _run(self, name: str, *args):
