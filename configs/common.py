@@ -50,14 +50,18 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The labelled data set (queries for train/eval).
   c.data = ml_collections.ConfigDict()
-  c.data.name = "demo"  # demo | cifar100_lt | imagenet_lt | places_lt | inat2018 | webvision
+  # demo | cifar100_lt | imagenet_lt | places_lt | inat2018 | webvision | image_folder | tfds
+  # (or a reader added with retformer_jax.data.registry.register)
+  c.data.name = "demo"
+  c.data.root = ""  # image_folder: DIR holding train/<class>/*, test/<class>/* [, val/]
+  c.data.tfds_name = ""  # tfds: any prepared image-classification set, NAME[/CONFIG][:X.Y.Z]
   c.data.tfds_data_dir = ""  # "" = TFDS default (~/tensorflow_datasets)
   c.data.manual_dir = ""  # for data sets TFDS cannot download (ImageNet, WebVision)
   c.data.lt_splits_dir = ""  # OLTR split lists; "" = the Places-LT lists shipped with the package
   c.data.cache_dir = ""  # local; cached label scans + list matches; "" = ~/.cache/retformer_jax
   c.data.lt_imbalance = 100.0  # cifar100_lt: max / min class count of the generated subset
-  c.data.train_split = "train"
-  c.data.eval_splits = ("test",)
+  c.data.train_split = "train"  # split trained on (image_folder: a folder; tfds: a TFDS split)
+  c.data.eval_splits = ("test",)  # splits evaluated; the same kinds of names as train_split
   c.data.num_workers = 4  # decoding threads
   c.data.max_examples = 0  # per split; > 0 keeps that many, evenly spaced (smoke runs)
   # Generated demo set (used when data.name == "demo").

@@ -21,7 +21,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from retformer_jax import errors, preemption, stages
+from retformer_jax import atomic_io, config_keys, errors, preemption, stages
 from retformer_jax.stages import preflight
 
 FLAGS = flags.FLAGS
@@ -30,7 +30,30 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Directory for stage outputs, checkpoints and metrics.")
 flags.DEFINE_bool("verbose", False, "On an error, print the traceback too (also: "
                   "RETFORMER_VERBOSE=1).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool("list_keys", False, "Print every config key with its default (of --config "
+                  "when given) and its doc from configs/common.py, then exit.")
+
+CONFIG_RECORD = "config.json"  # WORKDIR/config.json: the config of the latest run (predict reads it)
+
+
+def usage() -> str:
+  """The --help text: the command, the stages with one line each, where the keys are."""
+  width = max(len(n) for n in stages.STAGES)
+  rows = "\n".join(f"  {n:<{width}}  {stages.SUMMARIES.get(n, '')}" for n in stages.STAGES)
+  return f"""Runs the RetFormer / RetLLM pipeline, stage by stage, each cached in the workdir.
+
+  python -m retformer_jax.main --config=configs/demo.py --workdir=DIR [--config.KEY=VALUE ...]
+
+Stages (config.stages runs them in this order; a subset with --config.stages="('train','eval')"):
+{rows}
+
+Every config key is declared, with its default and a comment, in configs/common.py; list them
+all with `python -m retformer_jax.main --list_keys [--config=FILE]`. Predict single images with
+a trained workdir: `python -m retformer_jax.predict --workdir=DIR IMAGE...`.
+
+Exit statuses: 0 done; 2 a mistake to fix (one line on stderr; --verbose adds the traceback);
+75 preempted (rerun the same command to resume).
+"""
 
 
 def _maybe_initialize_distributed() -> None:
@@ -56,6 +79,13 @@ def _maybe_initialize_distributed() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.list_keys:
+    _list_keys()
+    return
+  missing = [f"--{n}" for n in ("config", "workdir") if FLAGS[n].value is None]
+  if missing:
+    raise app.UsageError(f"{' and '.join(missing)} required, e.g. --config=configs/demo.py "
+                         "--workdir=/tmp/retformer_demo (see --help).")
 
   try:
     config = FLAGS.config
@@ -70,6 +100,7 @@ def main(argv) -> None:
     preflight.check(config, names)
     _maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
+    _record_config(config, workdir)
     logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.devices()[0].platform)
@@ -84,6 +115,25 @@ def main(argv) -> None:
     if _verbose():
       traceback.print_exc()
     _stop(errors.EXIT_USAGE, f"ERROR {errors.one_line(e)}")
+
+
+def _record_config(config, workdir: str) -> None:
+  """WORKDIR/config.json: the full config of this run, read back by predict (process 0; not
+  for a run without stages, which leaves the workdir as it was)."""
+  if config.stages and jax.process_index() == 0:
+    atomic_io.write_json(os.path.join(workdir, CONFIG_RECORD), config.to_dict(), indent=2)
+
+
+def _list_keys() -> None:
+  config_file = config_flags.get_config_filename(FLAGS["config"]) if FLAGS["config"].value \
+      is not None else None
+  common = config_keys.find_common(config_file)
+  if common is None:
+    raise app.UsageError("configs/common.py was not found (beside --config, in this checkout, "
+                         "or under the working directory); run from the repository.")
+  config = FLAGS.config if config_file else config_keys.load_common(common)
+  sys.stdout.write(config_keys.listing(config, config_keys.docs(common),
+                                       os.path.relpath(common)))
 
 
 def _expand_home(config) -> None:
@@ -132,6 +182,8 @@ def run() -> None:
   # Libraries that log their own probing at INFO (faiss tries AVX-512/AVX2 builds first).
   for name in ("jax._src.xla_bridge", "faiss.loader"):
     pylogging.getLogger(name).setLevel(pylogging.WARNING)
+  # absl's --help prints the __main__ module's docstring: make it the usage text.
+  sys.modules["__main__"].__doc__ = usage()
   app.run(main, flags_parser=_parse_flags)
 
 

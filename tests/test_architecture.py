@@ -15,11 +15,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "retformer_jax"
 
 # Higher layers may import lower ones (and their own layer, without a cycle); never upwards.
 LAYERS = {
-    "main": 4,
+    "main": 4, "predict": 4, "classifier": 4,
     "stages": 3,
     "train": 2, "evaluation": 2, "kb": 2, "retllm": 2,
     "models": 1, "data": 1, "convert": 1, "demo": 1,
     "parallel": 0, "atomic_io": 0, "errors": 0, "preemption": 0, "progress": 0,
+    "config_keys": 0,
 }
 FORBIDDEN = {("models", "convert"), ("models", "data"), ("data", "convert")}
 

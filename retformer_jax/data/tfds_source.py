@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from retformer_jax import atomic_io, errors
-from retformer_jax.data import base, image_decode
+from retformer_jax.data import base, image_decode, lt_lists
 
 _SCAN_CHUNK = 2048
 
@@ -280,10 +280,69 @@ class TfdsSplit:
 
 
 def labelled_splits(name: str, dataset: PreparedDataset, split_map: dict[str, str],
-                    class_names: Sequence[str], data_config) -> base.LabelledSplits:
-  """Our splits (keys of `split_map`) over the TFDS splits it names, with training counts."""
+                    class_names: Sequence[str], data_config,
+                    train_split: str = "train") -> base.LabelledSplits:
+  """Our splits (keys of `split_map`) over the TFDS splits it names, with training counts
+  from our split `train_split`."""
   splits = {ours: TfdsSplit(dataset, theirs, labels=dataset.labels(theirs, data_config))
             for ours, theirs in split_map.items()}
-  counts = np.bincount(splits["train"].labels, minlength=len(class_names)).astype(np.int64)
+  counts = np.bincount(splits[train_split].labels,
+                       minlength=len(class_names)).astype(np.int64)
   return base.LabelledSplits(name=name, class_names=list(class_names), train_counts=counts,
                              splits=splits)
+
+
+# ------------------------------------------------- any prepared classification set, by name
+
+TFDS_NAME_FORMAT = "NAME[/CONFIG][:X.Y.Z] (e.g. food101, cifar10_corrupted/fog_5:1.0.0)"
+
+
+class TfdsNameError(errors.UserError, ValueError):
+  """data.tfds_name is malformed, or names a set that is not image classification."""
+
+
+def parse_tfds_name(text: str) -> tuple[str, str]:
+  """`NAME[/CONFIG][:VERSION]` -> (name or name/config, version or "")."""
+  name, _, version = str(text).strip().partition(":")
+  parts = name.split("/")
+  ok = (name and len(parts) <= 2 and all(parts) and parts[0][:1].isalpha()
+        and (not version or all(p.isdigit() for p in version.split(".")) and
+             version.count(".") == 2))
+  if not ok:
+    raise TfdsNameError(
+        f"--config.data.tfds_name={text!r} is not a TFDS data set name; write it as "
+        f"{TFDS_NAME_FORMAT}.")
+  return name, version
+
+
+def load_by_name(data_config) -> base.LabelledSplits:
+  """`--config.data.name=tfds --config.data.tfds_name=NAME[/CONFIG][:VERSION]`: any prepared
+  TFDS image-classification set (an Image `image` and a ClassLabel `label`). Its splits
+  data.train_split and data.eval_splits are ours under the same names; class names come from
+  the label feature (cleaned up for prompts as our other readers do), training counts from the
+  training split's labels (scanned once, cached in data.cache_dir)."""
+  if not data_config.tfds_name:
+    raise TfdsNameError("--config.data.name=tfds needs --config.data.tfds_name="
+                               f"{TFDS_NAME_FORMAT}.")
+  name, version = parse_tfds_name(data_config.tfds_name)
+  full = name + (f":{version}" if version else "")
+  ds = open_prepared(name, data_config.tfds_data_dir, version=version,
+                     prepare=f"tfds build {full} --file_format=array_record")
+  features = dict(ds.builder.info.features.items())
+  if not (isinstance(features.get("image"), tfds.features.Image)
+          and isinstance(features.get("label"), tfds.features.ClassLabel)):
+    raise TfdsNameError(
+        f"TFDS data set {name!r} has features {sorted(features)}; --config.data.name=tfds "
+        "reads image-classification sets (an Image 'image' and a ClassLabel 'label').")
+  wanted = list(dict.fromkeys([data_config.train_split, *data_config.eval_splits]))
+  missing = [s for s in wanted if s not in ds.splits()]
+  if missing:
+    raise DataNotPreparedError(
+        f"TFDS data set {name!r} has no split(s) {missing}; it has {ds.splits()}. Set "
+        "--config.data.train_split / --config.data.eval_splits to some of those.")
+  try:
+    names = [lt_lists.readable(n) for n in ds.class_names()]
+  except ValueError as e:
+    raise TfdsNameError(f"TFDS data set {name!r}: {e}") from e
+  return labelled_splits(f"tfds:{name}", ds, {s: s for s in wanted}, names, data_config,
+                         train_split=data_config.train_split)

@@ -27,6 +27,18 @@ STAGES: dict[str, Stage] = {
 }
 
 
+# One line per stage, for `python -m retformer_jax.main --help`.
+SUMMARIES: dict[str, str] = {
+    "zeroshot": "CLIP zero-shot accuracy with class-name prompts (the baseline row)",
+    "embed": "query splits and KB sources -> embedding stores (WORKDIR/store/)",
+    "index": "ANN index over the KB's image vectors (WORKDIR/index/)",
+    "neighbors": "top-k KB neighbours of every query split (WORKDIR/neighbors/)",
+    "train": "train RetFormer on the neighbours (WORKDIR/checkpoints/)",
+    "eval": "top-1 / Many / Medium / Few of the trained model (WORKDIR/eval/)",
+    "retllm": "RetLLM: CLIP candidates re-ranked by Qwen2.5-VL (WORKDIR/retllm/)",
+}
+
+
 class UnknownStageError(errors.UserError, ValueError):
   pass
 
