@@ -235,10 +235,89 @@ def test_pipeline_refuses_chunks_of_another_run(tmp_path):
   settings = pipeline.Settings(top_k=2, chunk_size=4, scorer_identity="oracle")
   pipeline.run(data, enc, OracleScorer, str(tmp_path), settings)
   score_dirs = os.listdir(tmp_path / "scores")
-  chunk = tmp_path / "scores" / score_dirs[0] / "t2i" / "chunk_0000000_0000004.npz"
+  t2i_dir = tmp_path / "scores" / score_dirs[0] / "t2i"
+  chunk = t2i_dir / sorted(os.listdir(t2i_dir))[0]
   with np.load(chunk) as z:
     arrays = dict(z)
   arrays["candidates"] = arrays["candidates"][:, ::-1]
   np.savez(chunk, **arrays)
   with pytest.raises(RuntimeError, match="other queries or candidates"):
     pipeline.run(data, enc, OracleScorer, str(tmp_path), settings)
+
+
+def test_cache_order_is_a_permutation_that_groups_shared_candidates():
+  rng = np.random.default_rng(3)
+  cands = rng.integers(0, 4, size=(40, 3))
+  order = pipeline.cache_order(cands)
+  np.testing.assert_array_equal(np.sort(order), np.arange(40))
+  ranked = cands[order]
+  # Sorted by the whole list, top-1 first, so equal top-1s are contiguous; ties keep row order.
+  keys = [tuple(r) + (int(q),) for r, q in zip(ranked, order)]
+  assert keys == sorted(keys)
+  assert (np.diff(ranked[:, 0]) >= 0).all()
+  np.testing.assert_array_equal(pipeline.cache_order(np.zeros((5, 2), int)), np.arange(5))
+  with pytest.raises(ValueError, match="candidate lists"):
+    pipeline.cache_order(np.arange(4))
+
+
+def _chunk_files(out, direction):
+  (key,) = os.listdir(os.path.join(out, "scores"))
+  folder = os.path.join(out, "scores", key, direction)
+  return [dict(np.load(os.path.join(folder, f))) for f in sorted(os.listdir(folder))]
+
+
+def test_cache_order_keeps_metrics_and_puts_shared_images_in_one_chunk(tmp_path):
+  data = _gallery()
+  enc = NoisyEncoder(data.num_images)
+  runs = {}
+  for ordered in (True, False):
+    settings = pipeline.Settings(top_k=3, chunk_size=4, scorer_identity="oracle",
+                                 cache_order=ordered)
+    out = str(tmp_path / str(ordered))
+    scorer = PairsOracle()
+    m = pipeline.run(data, enc, lambda: scorer, out, settings)
+    with np.load(os.path.join(out, "scores", os.listdir(os.path.join(out, "scores"))[0],
+                              "ranked.npz")) as z:
+      ranked = dict(z)
+    runs[ordered] = m, ranked, _chunk_files(out, "t2i"), scorer.pairs
+  (m1, r1, chunks1, pairs1), (m0, r0, chunks0, pairs0) = runs[True], runs[False]
+  assert m1 == m0 and pairs1 == pairs0 == (24 + 12) * 3
+  for name in r0:
+    np.testing.assert_array_equal(r1[name], r0[name], err_msg=name)
+  # The files record their queries: the cache order is a permutation of all of them...
+  held = np.concatenate([c["queries"] for c in chunks1])
+  np.testing.assert_array_equal(np.sort(held), np.arange(24))
+  assert not np.array_equal(held, np.arange(24))
+  # ...whose chunks hold fewer distinct images than chunks in query order.
+  distinct = lambda chunks: sum(len(np.unique(c["candidates"])) for c in chunks)  # noqa: E731
+  assert distinct(chunks1) < distinct(chunks0)
+
+
+def test_processes_score_their_own_chunks_and_process_0_writes(tmp_path):
+  """Two processes simulated one after the other (the barrier is a no-op here)."""
+  data = _gallery()
+  enc = NoisyEncoder(data.num_images)
+  settings = pipeline.Settings(top_k=3, chunk_size=5, scorer_identity="oracle")
+  out = str(tmp_path / "two")
+  no_wait = lambda name: None  # noqa: E731
+
+  alone = OracleScorer()
+  with pytest.raises(RuntimeError, match="missing after every process"):
+    pipeline.run(data, enc, lambda: alone, out, settings, process=(0, 2), barrier=no_wait)
+  # t2i chunks 0, 2, 4 (5 + 5 + 4 queries) and i2t chunks 0, 2 (5 + 2).
+  assert alone.queries == 21
+  assert not os.path.exists(os.path.join(out, "metrics.json"))
+
+  second = OracleScorer()
+  assert pipeline.run(data, enc, lambda: second, out, settings, process=(1, 2),
+                      barrier=no_wait) is None
+  assert second.queries == 5 + 5 + 5  # t2i chunks 1, 3 and i2t chunk 1
+  assert not os.path.exists(os.path.join(out, "metrics.json"))
+
+  def must_not_build():
+    raise AssertionError("every chunk of process 0 is done")
+
+  m = pipeline.run(data, enc, must_not_build, out, settings, process=(0, 2), barrier=no_wait)
+  assert m == pipeline.run(data, enc, OracleScorer, str(tmp_path / "one"), settings)
+  with open(os.path.join(out, "metrics.json")) as f:
+    assert {k: v for k, v in json.load(f).items() if k in m} == m

@@ -49,7 +49,8 @@ def test_demo_stage_end_to_end_and_rerun(tmp_path, monkeypatch):
 
   # Stored scores are the scorer's own for each (query, candidate) in CLIP order.
   score_dir = metrics["scores"]
-  with np.load(os.path.join(score_dir, "i2t", "chunk_0000000_0000003.npz")) as z:
+  first_i2t = sorted(os.listdir(os.path.join(score_dir, "i2t")))[0]
+  with np.load(os.path.join(score_dir, "i2t", first_i2t)) as z:
     q, cand, p, e = z["queries"][0], z["candidates"][0], z["p_true"][0], z["entropy"][0]
   data = caption_sets.load(config.retllm, config.data.demo)
   direct = built[0].score_image_to_text(data.image(int(q)), [data.captions[int(i)] for i in cand])
@@ -63,9 +64,11 @@ def test_demo_stage_end_to_end_and_rerun(tmp_path, monkeypatch):
   for d in ("t2i", "i2t"):
     chunks = sorted(os.listdir(os.path.join(score_dir, d)))
     scored = [dict(np.load(os.path.join(score_dir, d, f))) for f in chunks]
-    p = np.concatenate([c["p_true"] for c in scored])
-    e = np.concatenate([c["entropy"] for c in scored])
-    queries = np.concatenate([c["queries"] for c in scored])
+    held = np.concatenate([c["queries"] for c in scored])  # t2i: in cache order
+    back = np.argsort(held)  # the files' rows in query order
+    p = np.concatenate([c["p_true"] for c in scored])[back]
+    e = np.concatenate([c["entropy"] for c in scored])[back]
+    queries = held[back]
     np.testing.assert_array_equal(queries, ranked[f"{d}_queries"])
     clip = ranked[f"{d}_clip"]
     for q in range(len(queries)):

@@ -5,6 +5,10 @@ by everything that determines them; a rerun skips finished chunks, so a killed r
 and ends with the same metrics as an uninterrupted one. The scorer is built lazily through
 `make_scorer`, so a rerun whose chunks are all done never loads the MLLM, and tests pass in
 any object with the scorer's two methods.
+
+Across processes (hosts), chunk c is scored by process c mod P into the shared folder; after a
+barrier, process 0 alone reads every chunk, computes the metrics and writes them. Caption
+queries are scored in `cache_order`, so the queries of a chunk share candidate images.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from absl import logging
 import numpy as np
 
 from retformer_jax import atomic_io, preemption
+from retformer_jax.parallel import hosts
 from retformer_jax.retllm import caption_sets
 from retformer_jax.retllm import coarse
 from retformer_jax.retllm import ranking
@@ -41,6 +46,50 @@ class Settings:
   chunk_size: int = 32  # queries per result file
   num_queries: int = 0  # first N queries per direction (0 = all)
   scorer_identity: str = ""  # everything the scores depend on (model, injection, flooring...)
+  cache_order: bool = True  # caption queries grouped by candidate images (see cache_order)
+
+
+def cache_order(cands: np.ndarray) -> np.ndarray:
+  """A permutation of the query rows of cands [Q, k] that puts queries with the same candidate
+  images next to each other: sorted by top-1 candidate, then the rest of the list, then row.
+
+  Chunks cut from this order hold few distinct images, so each image's prompt prefix is
+  computed once per chunk, and a scorer keeping prefixes across calls finds them again.
+  """
+  cands = np.asarray(cands)
+  if cands.ndim != 2:
+    raise ValueError(f"cache_order expects candidate lists [queries, k], got shape {cands.shape}.")
+  keys = [np.arange(len(cands))] + [cands[:, j] for j in reversed(range(cands.shape[1]))]
+  return np.lexsort(keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+  number: int
+  queries: np.ndarray  # query ids, in scoring order
+  path: str
+
+
+def _plan(queries: np.ndarray, chunk_size: int, out_dir: str) -> list[_Chunk]:
+  """The chunks of `queries` (already in scoring order). A file's name carries a digest of its
+  queries, so runs that order or limit the queries differently never share a file."""
+  chunks = []
+  for c, start in enumerate(range(0, len(queries), chunk_size)):
+    q = np.ascontiguousarray(queries[start:start + chunk_size], np.int64)
+    digest = hashlib.sha256(q.tobytes()).hexdigest()[:10]
+    name = f"chunk_{start:07d}_{start + len(q):07d}_{digest}.npz"
+    chunks.append(_Chunk(c, q, os.path.join(out_dir, name)))
+  return chunks
+
+
+def _load_chunk(chunk: _Chunk, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(p_true, entropy) of a finished chunk, refusing a file written for other inputs."""
+  with np.load(chunk.path) as z:
+    if np.array_equal(z["queries"], chunk.queries) and np.array_equal(z["candidates"],
+                                                                      cands[chunk.queries]):
+      return z["p_true"], z["entropy"]
+  raise RuntimeError(f"{chunk.path} holds other queries or candidates than this run; "
+                     f"remove {os.path.dirname(os.path.dirname(chunk.path))} to rescore.")
 
 
 def _score_chunk(scorer: Scorer, direction: str, data: caption_sets.CaptionSet,
@@ -76,52 +125,64 @@ def _score_chunk(scorer: Scorer, direction: str, data: caption_sets.CaptionSet,
   return p, e
 
 
-def _score_direction(direction: str, data: caption_sets.CaptionSet, cands: np.ndarray,
-                     queries: np.ndarray, k: int, out_dir: str, chunk_size: int,
-                     get_scorer: Callable[[], Scorer]) -> tuple[np.ndarray, np.ndarray]:
-  """p_true and entropy [Q, k] for the first k candidates of each query, chunk by chunk."""
-  os.makedirs(out_dir, exist_ok=True)
-  p_all, e_all = [], []
-  num_chunks = -(-len(queries) // chunk_size)
+def _score_own_chunks(direction: str, data: caption_sets.CaptionSet, cands: np.ndarray,
+                      chunks: list[_Chunk], get_scorer: Callable[[], Scorer],
+                      process: tuple[int, int]) -> None:
+  """Scores and saves the unfinished chunks that belong to this process (c mod P)."""
+  index, count = process
+  mine = [ch for ch in chunks if ch.number % count == index]
   t0, scored = time.time(), 0
-  for c in range(num_chunks):
-    start = c * chunk_size
-    q_chunk = queries[start:start + chunk_size]
-    path = os.path.join(out_dir, f"chunk_{start:07d}_{start + len(q_chunk):07d}.npz")
-    if os.path.isfile(path):
-      with np.load(path) as z:
-        if np.array_equal(z["queries"], q_chunk) and np.array_equal(z["candidates"],
-                                                                     cands[q_chunk, :k]):
-          p_all.append(z["p_true"])
-          e_all.append(z["entropy"])
-          continue
-      raise RuntimeError(f"{path} holds other queries or candidates than this run; "
-                         f"remove {out_dir} to rescore.")
-    p, e = _score_chunk(get_scorer(), direction, data, q_chunk, cands[q_chunk, :k])
-    atomic_io.save_npz(path, queries=q_chunk, candidates=cands[q_chunk, :k], p_true=p, entropy=e)
-    preemption.check(f"RetLLM {direction}, chunk {c + 1} of {num_chunks} (saved)")
-    p_all.append(p)
-    e_all.append(e)
-    scored += len(q_chunk)
+  for done, ch in enumerate(mine, 1):
+    if os.path.isfile(ch.path):
+      _load_chunk(ch, cands)  # finished by an earlier run; refuses a file of other inputs
+      continue
+    p, e = _score_chunk(get_scorer(), direction, data, ch.queries, cands[ch.queries])
+    atomic_io.save_npz(ch.path, queries=ch.queries, candidates=cands[ch.queries], p_true=p,
+                       entropy=e)
+    preemption.check(f"RetLLM {direction}, chunk {ch.number + 1} of {len(chunks)} (saved)")
+    scored += len(ch.queries)
     elapsed = max(time.time() - t0, 1e-9)
-    left = len(queries) - start - len(q_chunk)
-    logging.info("retllm %s: chunk %d/%d done, %.1f pairs/s, ETA %.0f s", direction, c + 1,
-                 num_chunks, scored * k / elapsed, left * elapsed / scored)
-  if not p_all:
-    return np.zeros((0, k), np.float32), np.zeros((0, k), np.float32)
-  return np.concatenate(p_all), np.concatenate(e_all)
+    left = sum(len(c.queries) for c in mine[done:] if not os.path.isfile(c.path))
+    logging.info("retllm %s [process %d/%d]: chunk %d/%d done, %.1f pairs/s, ETA %.0f s",
+                 direction, index, count, done, len(mine), scored * cands.shape[1] / elapsed,
+                 left * elapsed / scored)
+
+
+def _read_direction(chunks: list[_Chunk], cands: np.ndarray,
+                    queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """p_true and entropy [Q, k] of `queries` (in their own order) from every chunk's file."""
+  row = {int(q): r for r, q in enumerate(queries)}
+  shape = (len(queries), cands.shape[1])  # k, or the gallery size when smaller
+  p, e = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+  for ch in chunks:
+    if not os.path.isfile(ch.path):
+      raise RuntimeError(f"{ch.path} is missing after every process finished scoring: the "
+                         "process that owns it failed or does not see this folder (WORKDIR "
+                         "must be shared by all hosts); rerun to score it.")
+    rows = [row[int(q)] for q in ch.queries]
+    p[rows], e[rows] = _load_chunk(ch, cands)
+  return p, e
 
 
 def run(data: caption_sets.CaptionSet, encoder: coarse.Encoder,
         make_scorer: Callable[[], Scorer], out_dir: str, settings: Settings,
-        *, embed_batch_size: int = 64, write: bool = True) -> dict[str, float]:
-  """Runs both directions and writes OUT_DIR/metrics.json; returns the metrics."""
+        *, embed_batch_size: int = 64, process: tuple[int, int] | None = None,
+        barrier: Callable[[str], None] = hosts.barrier) -> dict[str, float] | None:
+  """Scores this process's chunks of both directions; process 0 then writes
+  OUT_DIR/metrics.json and returns the metrics (other processes return None).
+
+  process: (index, count), default this JAX process's; barrier: waits for all processes.
+  """
+  index, count = hosts.process() if process is None else process
   k = settings.top_k
   if k < 1:
     raise ValueError(f"retllm.top_k must be >= 1, got {k}.")
   length = max(k, max(RECALL_KS))
-  img, txt = coarse.embed(encoder, data, os.path.join(out_dir, "clip"),
-                          batch_size=embed_batch_size)
+  clip_dir = os.path.join(out_dir, "clip")
+  if index == 0:  # CLIP once; the others load its cached embeddings
+    coarse.embed(encoder, data, clip_dir, batch_size=embed_batch_size)
+  barrier("retllm-clip-embeddings")
+  img, txt = coarse.embed(encoder, data, clip_dir, batch_size=embed_batch_size)
   cands = coarse.candidates(img, txt, length)
   key = hashlib.sha256(json.dumps([
       encoder.identity, settings.scorer_identity, data.name, data.num_images,
@@ -138,10 +199,22 @@ def run(data: caption_sets.CaptionSet, encoder: coarse.Encoder,
   n = settings.num_queries
   q_t2i = np.arange(data.num_captions if n <= 0 else min(n, data.num_captions))
   q_i2t = np.arange(data.num_images if n <= 0 else min(n, data.num_images))
+  plans = {}
+  for direction, cand, queries in (("t2i", cands.t2i, q_t2i), ("i2t", cands.i2t, q_i2t)):
+    order = queries
+    if direction == "t2i" and settings.cache_order:
+      order = queries[cache_order(cand[queries, :k])]
+    folder = os.path.join(score_dir, direction)
+    os.makedirs(folder, exist_ok=True)
+    plans[direction] = _plan(order, settings.chunk_size, folder)
+    _score_own_chunks(direction, data, cand[:, :k], plans[direction], get_scorer, (index, count))
+  barrier("retllm-scores")
+  if index != 0:
+    return None
+
   results = {}
   for direction, cand, queries in (("t2i", cands.t2i, q_t2i), ("i2t", cands.i2t, q_i2t)):
-    p, e = _score_direction(direction, data, cand, queries, k, os.path.join(score_dir, direction),
-                            settings.chunk_size, get_scorer)
+    p, e = _read_direction(plans[direction], cand[:, :k], queries)
     clip_order = cand[queries]
     results[direction] = (clip_order, ranking.rerank(clip_order, p, e))
 
@@ -152,13 +225,12 @@ def run(data: caption_sets.CaptionSet, encoder: coarse.Encoder,
       i2t=ranking.image_to_text_recall(new_i2t, q_i2t, ci, RECALL_KS),
       clip_t2i=ranking.text_to_image_recall(clip_t2i, q_t2i, ci, RECALL_KS),
       clip_i2t=ranking.image_to_text_recall(clip_i2t, q_i2t, ci, RECALL_KS))
-  if write:
-    atomic_io.save_npz(os.path.join(score_dir, "ranked.npz"), t2i_queries=q_t2i, t2i=new_t2i,
-                       t2i_clip=clip_t2i, i2t_queries=q_i2t, i2t=new_i2t, i2t_clip=clip_i2t)
-    atomic_io.write_json(os.path.join(out_dir, "metrics.json"), {
-        "dataset": data.name, "num_images": data.num_images, "num_captions": data.num_captions,
-        "t2i_queries": len(q_t2i), "i2t_queries": len(q_i2t), "top_k": k, "scores": score_dir,
-        **metrics}, indent=2)
+  atomic_io.save_npz(os.path.join(score_dir, "ranked.npz"), t2i_queries=q_t2i, t2i=new_t2i,
+                     t2i_clip=clip_t2i, i2t_queries=q_i2t, i2t=new_i2t, i2t_clip=clip_i2t)
+  atomic_io.write_json(os.path.join(out_dir, "metrics.json"), {
+      "dataset": data.name, "num_images": data.num_images, "num_captions": data.num_captions,
+      "t2i_queries": len(q_t2i), "i2t_queries": len(q_i2t), "top_k": k, "scores": score_dir,
+      **metrics}, indent=2)
   return metrics
 
 

@@ -2,7 +2,8 @@
 
 Writes WORKDIR/retllm/metrics.json (keys t2i_r1 ... i2t_r10 and their clip_ twins). Scores
 are kept per chunk of queries under WORKDIR/retllm/scores/, so a rerun resumes and a finished
-run is not recomputed. With config.clip.path == "" / config.retllm.model_path == "" the
+run is not recomputed. In a multi-process job each process scores its own chunks on its own
+devices (mesh from config.mesh over jax.local_devices()); process 0 writes the metrics. With config.clip.path == "" / config.retllm.model_path == "" the
 embedded tiny random models are built in WORKDIR/demo_clip / WORKDIR/demo_qwen.
 """
 
@@ -73,8 +74,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   kwargs = scorer_kwargs(rc)
 
   def make_scorer():
-    # Weights sharded over `model` (a 7B model on a TPU slice or several GPUs).
-    return scorer.PairScorer.from_folder(model_path, mesh=mesh_lib.make_mesh(config.mesh),
+    # This process's own devices: pairs split over `data`, weights over `model` (a 7B model
+    # on several chips); other processes score other chunks.
+    mesh = mesh_lib.make_mesh(config.mesh, jax.local_devices())
+    return scorer.PairScorer.from_folder(model_path, mesh=mesh,
                                          axis_rules=mesh_lib.axis_rules(config.mesh), **kwargs)
 
   settings = pipeline.Settings(
@@ -84,6 +87,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
               (k, repr(v)) for k, v in kwargs.items()
               if k not in ("batch_size", "vision_cache_size"))]))
   metrics = pipeline.run(data, encoder, make_scorer, os.path.join(workdir, "retllm"), settings,
-                         embed_batch_size=config.clip.batch_size,
-                         write=jax.process_index() == 0)
-  logging.info("retllm Recall@k (%%):\n%s", pipeline.format_table(metrics))
+                         embed_batch_size=config.clip.batch_size)
+  if metrics is None:
+    logging.info("retllm: this process's chunks are scored; process 0 writes the metrics.")
+  else:
+    logging.info("retllm Recall@k (%%):\n%s", pipeline.format_table(metrics))
