@@ -94,7 +94,7 @@ class ImageFolderSplit:
     self.root = root
     self.paths = paths  # relative to root
     self._labels = np.asarray(labels, np.int64)
-    self._texts = [captions.get(p, "") for p in paths]
+    self.texts = [captions.get(p, "") for p in paths]  # "" = the class prompt is used
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -114,7 +114,7 @@ class ImageFolderSplit:
       image = image_decode.decode_image(data)
     except Exception as e:  # the embed stage skips and lists the example
       raise ValueError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
-    return {"image": image, "label": int(self._labels[index]), "text": self._texts[index],
+    return {"image": image, "label": int(self._labels[index]), "text": self.texts[index],
             "id": index}
 
 
