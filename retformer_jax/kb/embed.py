@@ -64,10 +64,13 @@ def _prepare(store_dir: str, name: str, fp: str, num_items: int, shard_size: int
   return shard_size
 
 
-def existing_store_is_current(store_dir: str, name: str, fp: str) -> bool:
+def existing_store_is_current(store_dir: str, name: str, fp: str, family: str = "") -> bool:
   manifest = store.read_manifest(store_dir)
   if manifest is None:
     return False
+  store.check_family(store.family_of(manifest), family, f"The store {store_dir} of {name!r}",
+                     "the configured encoder (config.clip.path)",
+                     f"delete {store_dir} to re-embed it, or use a new workdir.")
   if manifest["fingerprint"] != fp:
     enc = manifest["encoder"]
     raise store.StoreMismatchError(
@@ -83,7 +86,8 @@ def embed_images(source, store_dir: str, encoder, *, shard_size: int, num_worker
   """Embeds an image source with `encoder`; returns the manifest (None on processes != 0)."""
   name, num_items = source.spec.name, len(source)
   fp = store_fingerprint(source.fingerprint(), encoder.info)
-  if existing_store_is_current(store_dir, name, fp):
+  family = getattr(encoder, "family", "clip")
+  if existing_store_is_current(store_dir, name, fp, family):
     log.info("store %s is up to date (%s), skipping", name, fp)
     return store.read_manifest(store_dir)
   shard_size = _prepare(store_dir, name, fp, num_items, shard_size)
@@ -168,7 +172,7 @@ def embed_images(source, store_dir: str, encoder, *, shard_size: int, num_worker
   if total:
     log.info("embedded %d items of %s in %.1fs (%.1f items/s)", total, name, time.time() - t0,
              total / max(time.time() - t0, 1e-9))
-  return _join(store_dir, name, fp, source, encoder.info, num_items, shard_size)
+  return _join(store_dir, name, fp, source, encoder.info, num_items, shard_size, family)
 
 
 def skipped_summary(skipped: list[dict]) -> str:
@@ -187,7 +191,8 @@ def _dim_of_shards(store_dir: str, num_items: int, shard_size: int) -> int:
                       "check the source: the warnings above name each item and why.")
 
 
-def _join(store_dir, name, fp, source, encoder_info, num_items, shard_size):
+def _join(store_dir, name, fp, source, encoder_info, num_items, shard_size, family):
+  """Process 0 joins the shards; `family` ("clip", "siglip"; "" unknown) goes in the manifest."""
   hosts.barrier(f"embed-shards-{name}")
   manifest = None
   if hosts.process()[0] == 0:
@@ -195,7 +200,7 @@ def _join(store_dir, name, fp, source, encoder_info, num_items, shard_size):
     manifest = store.finalize(store_dir, num_items=num_items, shard_size=shard_size, dim=dim,
                               meta={"source": name, "kind": source.kind, "fingerprint": fp,
                                     "source_fingerprint": source.fingerprint(),
-                                    "encoder": encoder_info})
+                                    "encoder": encoder_info, "encoder_family": family})
     if os.path.exists(os.path.join(store_dir, "job.json")):
       os.unlink(os.path.join(store_dir, "job.json"))
     if manifest["skipped_count"]:
@@ -235,4 +240,5 @@ def import_precomputed(source: sources.PrecomputedSource, store_dir: str, encode
     bar.update(hi - lo)
     preemption.check(f"importing {name}, shard {s + 1} of {num_shards} (saved)")
   bar.close()
-  return _join(store_dir, name, fp, source, info, num_items, shard_size)
+  # The family of imported vectors is unknown (""): only the encoder id guards them.
+  return _join(store_dir, name, fp, source, info, num_items, shard_size, "")

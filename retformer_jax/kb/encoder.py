@@ -1,4 +1,5 @@
-"""Frozen CLIP as a batched, jitted, data-parallel embedding function over the local devices.
+"""Frozen CLIP or SigLIP as a batched, jitted, data-parallel embedding function over the local
+devices.
 
 Each process embeds its own shards with its own devices (no cross-host traffic), so the mesh
 here is local: batch split over `data`, weights replicated, and config.embed.batch_size is the
@@ -18,6 +19,7 @@ from jax.sharding import Mesh
 
 from retformer_jax.convert import hf
 from retformer_jax.data.clip_preprocess import ClipPreprocessor
+from retformer_jax.data.siglip_preprocess import SiglipPreprocessor
 from retformer_jax.demo import clip as demo_clip
 from retformer_jax.demo import dataset as demo
 from retformer_jax.parallel import mesh as mesh_lib
@@ -39,14 +41,16 @@ class Encoder:
   """`encode(pixels, texts)` -> L2-normalised float32 image and text vectors."""
 
   def __init__(self, model, params, preprocessor, *, encoder_id: str, batch_size: int,
-               max_text_length: int, devices=None):
-    """`preprocessor`: a ClipPreprocessor, or a no-argument callable making one on first use
-    (a skipped, up-to-date store then never loads the tokenizer)."""
+               max_text_length: int, devices=None, family: str = "clip"):
+    """`preprocessor`: a ClipPreprocessor / SiglipPreprocessor, or a no-argument callable making
+    one on first use (a skipped, up-to-date store then never loads the tokenizer). `family`
+    ("clip" or "siglip") is recorded with the stores: vectors of two families never mix."""
     self.devices = list(devices if devices is not None else jax.local_devices())
     n = len(self.devices)
     self.batch_size = max(n, -(-batch_size // n) * n)
     self.max_text_length = max_text_length
     self._preprocessor = preprocessor
+    self.family = family
     self.info = {"id": encoder_id, "weights_sha256": weights_sha256(params)}
     mesh = Mesh(np.asarray(self.devices), ("data",))
     rep, rows = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
@@ -153,12 +157,21 @@ def ensure_demo_clip(config, workdir: str) -> None:
 
 
 def load_encoder(config, workdir: str) -> Encoder:
-  """The configured CLIP (or the demo CLIP) with its preprocessor, ready to embed."""
+  """The configured encoder (config.clip.path: a CLIP or SigLIP folder, by its config.json
+  model_type; empty: the demo CLIP) with its preprocessor, ready to embed.
+
+  CLIP texts are padded to config.clip.max_text_length; SigLIP texts always to the text tower's
+  length (64 in the released models), as they were trained."""
   folder = clip_folder(config, workdir)
-  model, params = hf.load_clip(folder, dtype=config.clip.dtype,
-                               scan_layers=config.clip.scan_layers)
-  pre = lambda: ClipPreprocessor.from_folder(  # noqa: E731
-      folder, max_length=config.clip.max_text_length)
+  family, model, params = hf.load_image_text_encoder(
+      folder, dtype=config.clip.dtype, scan_layers=config.clip.scan_layers)
+  if family == "siglip":
+    max_text_length = model.config.text.max_position_embeddings
+    pre = lambda: SiglipPreprocessor.from_folder(folder)  # noqa: E731
+  else:
+    max_text_length = config.clip.max_text_length
+    pre = lambda: ClipPreprocessor.from_folder(  # noqa: E731
+        folder, max_length=config.clip.max_text_length)
   return Encoder(model, params, pre, encoder_id=os.path.basename(os.path.normpath(folder)),
                  batch_size=config.embed.batch_size or config.clip.batch_size,
-                 max_text_length=config.clip.max_text_length)
+                 max_text_length=max_text_length, family=family)

@@ -7,7 +7,8 @@ atomically, so a killed job leaves whole shards or nothing; resuming skips the s
   ids.npy / labels.npy      int64 [N]  (source ids; -1 = unknown label)
   source_index.npy          int64 [N]  (index in the source; rows skip corrupt examples)
   captions.bin + caption_offsets.npy   utf-8 texts, row r = bin[off[r]:off[r+1]]
-  manifest.json             encoder id + weights hash, dim, dtype, count, shards, skipped items
+  manifest.json             encoder id + weights hash, encoder_family ("clip" / "siglip"), dim,
+                            dtype, count, shards, skipped items
 and the manifest is written last: a store without one is unfinished.
 
 `open_query_store` and `open_stores` open the finished stores a config names: a query split's,
@@ -66,6 +67,26 @@ def check_compatible(encoder_a: dict, encoder_b: dict, what_a: str, what_b: str)
         f"but {what_b} uses {encoder_b.get('id')!r} (weights {hb[:12] or '?'}); vectors of "
         "different encoders cannot be compared. Re-embed with one encoder (delete the stale "
         "store directory and rerun the embed stage) or use a fresh workdir.")
+
+
+FAMILY_NAMES = {"clip": "CLIP", "siglip": "SigLIP"}
+
+
+def family_of(manifest: dict) -> str:
+  """The encoder family of a store: "clip", "siglip", or "" (unknown: imported vectors). Stores
+  embedded before the family was recorded are CLIP's, the only encoder then."""
+  if "encoder_family" in manifest:
+    return manifest["encoder_family"]
+  return "" if not manifest.get("encoder", {}).get("weights_sha256") else "clip"
+
+
+def check_family(family_a: str, family_b: str, what_a: str, what_b: str, fix: str) -> None:
+  """Vectors of a CLIP and of a SigLIP never meet: one line naming both and the fix."""
+  if family_a and family_b and family_a != family_b:
+    name = lambda f: FAMILY_NAMES.get(f, f)  # noqa: E731
+    raise StoreMismatchError(
+        f"{what_a} holds {name(family_a)} vectors but {what_b} is {name(family_b)}; vectors "
+        f"of different encoder families are never mixed: {fix}")
 
 
 def shard_path(store_dir: str, shard: int) -> str:
@@ -201,6 +222,10 @@ class EmbeddingStore:
     return self.manifest["encoder"]
 
   @property
+  def encoder_family(self) -> str:
+    return family_of(self.manifest)
+
+  @property
   def count(self) -> int:
     return int(self.manifest["count"])
 
@@ -234,6 +259,9 @@ def open_stores(workdir: str, config) -> list[EmbeddingStore]:
   stores = [EmbeddingStore(layout.store_dir(workdir, s.name))
             for s in source_spec.kb_sources(config)]
   for s in stores[1:]:
+    check_family(stores[0].encoder_family, s.encoder_family, f"KB source {stores[0].name!r}",
+                 f"the encoder of KB source {s.name!r}", "delete the stale store directory "
+                 f"under {os.path.dirname(s.path)} and rerun the embed stage.")
     check_compatible(stores[0].encoder, s.encoder, f"KB source {stores[0].name!r}",
                      f"KB source {s.name!r}")
     if s.dim != stores[0].dim:

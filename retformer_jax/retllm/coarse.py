@@ -1,4 +1,5 @@
-"""Coarse stage: CLIP embeds the gallery's images and captions; cosine top-L lists both ways.
+"""Coarse stage: CLIP (or SigLIP) embeds the gallery's images and captions; cosine top-L lists
+both ways.
 
 The embeddings are cached in the workdir (atomic .npy files keyed by the encoder and the data
 set), so a rerun of the fine stage never re-embeds.
@@ -30,11 +31,13 @@ class Encoder(Protocol):
 
 
 class ClipEncoder:
-  """The frozen CLIP of the KB stages (`kb/encoder.py`) seen through the `Encoder` protocol."""
+  """The frozen encoder of the KB stages (`kb/encoder.py`: CLIP or SigLIP, by config.clip.path)
+  seen through the `Encoder` protocol."""
 
   def __init__(self, encoder, dtype: str):
     self._encoder = encoder
-    self.identity = f"clip:{encoder.info['id']}:{encoder.info['weights_sha256'][:16]}:{dtype}"
+    family = getattr(encoder, "family", "clip")
+    self.identity = f"{family}:{encoder.info['id']}:{encoder.info['weights_sha256'][:16]}:{dtype}"
 
   def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
     return self._encoder.encode_images(list(images))

@@ -1,7 +1,9 @@
-"""Stage `zeroshot`: CLIP zero-shot classification with class-name prompts.
+"""Stage `zeroshot`: CLIP (or SigLIP) zero-shot classification with class-name prompts.
 
 The paper's "CLIP zero-shot" baseline row: each test image goes to the class whose prompt
-("a photo of a {name}.") has the most similar text embedding. Image vectors come from the
+("a photo of a {name}.") has the most similar text embedding. With a SigLIP encoder the class
+logits are exp(logit_scale) * cos + logit_bias, read through a sigmoid (`SigLIP.__call__`); a
+monotone map of the cosine, so the ranking, and every metric here, is the cosine's. Image vectors come from the
 split's embedding store (built here if the embed stage has not run yet, and then reused by it),
 so no image is embedded twice. Writes WORKDIR/zeroshot/<split>/metrics.json.
 """
@@ -60,6 +62,9 @@ def run(config, workdir: str) -> None:
                        progress=config.embed.progress)
     hosts.barrier(f"zeroshot-{split}")
     emb = store.EmbeddingStore(folder)
+    store.check_family(emb.encoder_family, encoder.family, f"store {folder}",
+                       "the configured encoder (config.clip.path)",
+                       f"delete {folder} to re-embed it, or use a new workdir.")
     store.check_compatible(emb.encoder, encoder.info, f"store {folder}", "the configured CLIP")
     top = classify(emb.image, prompts)
     report = metrics.accuracy_report(top, emb.labels, data.train_counts,
@@ -67,7 +72,8 @@ def run(config, workdir: str) -> None:
                                      few_below=config.eval.few_below, with_top5=config.eval.top5)
     if jax.process_index() == 0:
       atomic_io.write_json(os.path.join(workdir, "zeroshot", split, "metrics.json"), report)
-    print(format_report(f"CLIP zero-shot, {config.data.name}:{split}", report), flush=True)
+    title = f"{store.FAMILY_NAMES[encoder.family]} zero-shot, {config.data.name}:{split}"
+    print(format_report(title, report), flush=True)
 
 
 def format_report(title: str, report: dict) -> str:
