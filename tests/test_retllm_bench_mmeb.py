@@ -59,6 +59,7 @@ def test_reads_mixed_items(tmp_path):
   assert not q1.has_image and q1.segments() == [("text", "Find the image of a dog")]
   assert [c.text for c in visdial.candidates[0]] == ["a dog", "a cat"]
   assert visdial.positive(0) == 0
+  assert [len(c) for c in visdial.candidates[0:2]] == [2, 2]
   pos = visdial.candidates[1][0]
   assert pos.image.endswith(os.path.join("eval_images", "VisDial", "c1.jpg"))
   assert int(pos.load_image()[0, 0, 0]) == 6
@@ -88,6 +89,14 @@ def test_layout_errors(tmp_path):
            [{"qry_text": "h", "qry_img_path": "", "tgt_text": ["s"], "tgt_img_path": [""]}],
            drop=("tgt_img_path",))
   with pytest.raises(BenchmarkLayoutError, match="no column 'tgt_img_path'"):
+    mmeb.load(str(tmp_path), subsets=["N24News"])
+  _parquet(str(tmp_path / "MMEB-eval" / "N24News" / "test-00000-of-00001.parquet"),
+           [{"qry_text": "h", "qry_img_path": "", "tgt_text": ["s", "t"], "tgt_img_path": [""]}])
+  with pytest.raises(BenchmarkLayoutError, match="row 0: 2 tgt_text but 1 tgt_img_path"):
+    mmeb.load(str(tmp_path), subsets=["N24News"])
+  _parquet(str(tmp_path / "MMEB-eval" / "N24News" / "test-00000-of-00001.parquet"),
+           [{"qry_text": "h", "qry_img_path": "", "tgt_text": [], "tgt_img_path": []}])
+  with pytest.raises(BenchmarkLayoutError, match="query 0 has no candidates"):
     mmeb.load(str(tmp_path), subsets=["N24News"])
 
 

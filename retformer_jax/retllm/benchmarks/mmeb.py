@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from retformer_jax.retllm.benchmarks import items
 
@@ -50,7 +50,35 @@ def _image(data_dir: str, rel) -> str | None:
   return os.path.join(data_dir, IMAGE_DIR, rel) if rel else None
 
 
+class _Queries(Sequence):
+  """Query i as an Item, built from the parquet columns on access."""
+
+  def __init__(self, data_dir: str, texts, images):
+    self._dir, self._texts, self._images = data_dir, texts, images
+
+  def __len__(self) -> int:
+    return len(self._texts)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    return items.Item(text=self._texts[i].as_py() or "",
+                      image=_image(self._dir, self._images[i].as_py()))
+
+
+class _Candidates(_Queries):
+  """Query i's candidate list as Items, built on access."""
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    return [items.Item(text=t or "", image=_image(self._dir, p))
+            for t, p in zip(self._texts[i].as_py() or [], self._images[i].as_py() or [])]
+
+
 def read_subset(data_dir: str, subset: str) -> items.MMEBTask:
+  import pyarrow as pa
+  import pyarrow.compute as pc
   import pyarrow.parquet as pq
 
   if subset not in SUBSET_META_TASK:
@@ -61,31 +89,34 @@ def read_subset(data_dir: str, subset: str) -> items.MMEBTask:
   if not files:
     raise items.BenchmarkLayoutError(f"MMEB subset {subset}: no {TABLE_DIR}/{subset}/*.parquet "
                                      f"under {data_dir!r}; {_FIX}")
-  rows = {c: [] for c in COLUMNS}
+  tables = []
   for path in files:
     table = pq.read_table(path)
     lacking = [c for c in COLUMNS if c not in table.column_names]
     if lacking:
       raise items.BenchmarkLayoutError(f"{path} has no column {lacking[0]!r} (columns: "
                                        f"{', '.join(table.column_names)}).")
-    for c in COLUMNS:
-      rows[c] += table.column(c).to_pylist()
-  queries, candidates = [], []
-  for i, (q_text, q_img, t_texts, t_imgs) in enumerate(zip(*(rows[c] for c in COLUMNS))):
-    t_texts, t_imgs = list(t_texts or []), list(t_imgs or [])
-    if len(t_texts) != len(t_imgs):
-      raise items.BenchmarkLayoutError(f"MMEB {subset} row {i}: {len(t_texts)} tgt_text but "
-                                       f"{len(t_imgs)} tgt_img_path entries.")
-    queries.append(items.Item(text=q_text or "", image=_image(data_dir, q_img)))
-    candidates.append([items.Item(text=t or "", image=_image(data_dir, p))
-                       for t, p in zip(t_texts, t_imgs)])
-  paths = [q.image for q in queries if q.image] + [c.image for cs in candidates for c in cs
-                                                   if c.image]
+    tables.append(table.select(list(COLUMNS)))
+  table = pa.concat_tables(tables, promote_options="permissive")
+  q_text, q_img, t_text, t_img = (table.column(c).combine_chunks() for c in COLUMNS)
+  n_text = pc.fill_null(pc.list_value_length(t_text), 0).to_numpy(zero_copy_only=False)
+  n_img = pc.fill_null(pc.list_value_length(t_img), 0).to_numpy(zero_copy_only=False)
+  bad = (n_text != n_img).nonzero()[0]
+  if len(bad):
+    i = int(bad[0])
+    raise items.BenchmarkLayoutError(f"MMEB {subset} row {i}: {n_text[i]} tgt_text but "
+                                     f"{n_img[i]} tgt_img_path entries.")
+  empty = (n_text == 0).nonzero()[0]
+  if len(empty):
+    raise items.BenchmarkLayoutError(f"MMEB {subset}: query {int(empty[0])} has no candidates.")
+  rels = set(pc.unique(q_img).to_pylist()) | set(pc.unique(pc.list_flatten(t_img)).to_pylist())
+  paths = [_image(data_dir, r) for r in rels if r]
   if paths:
     items.require_dir(os.path.join(data_dir, IMAGE_DIR), "MMEB eval_images/", _FIX)
   items.require_images(paths, f"MMEB {subset} ({IMAGE_DIR}/)", _FIX)
-  return items.MMEBTask(name=subset, meta_task=SUBSET_META_TASK[subset], queries=queries,
-                        candidates=candidates)
+  return items.MMEBTask(name=subset, meta_task=SUBSET_META_TASK[subset],
+                        queries=_Queries(data_dir, q_text, q_img),
+                        candidates=_Candidates(data_dir, t_text, t_img))
 
 
 def load(data_dir: str, *, subsets: Sequence[str] | None = None) -> list[items.MMEBTask]:
