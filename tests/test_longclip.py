@@ -225,7 +225,8 @@ def test_refuses_what_it_must_not_read(tmp_path, converted):
 
   scripted = str(tmp_path / "scripted.pt")
   torch.jit.save(torch.jit.script(nn.Linear(2, 2)), scripted)
-  with pytest.raises(longclip.LongClipError, match="TorchScript archive .*runs code when loaded; refusing"):
+  with pytest.raises(longclip.LongClipError,
+                     match="TorchScript archive .*runs code when loaded; refusing"):
     longclip.read_checkpoint(scripted)
 
   state = torch.load(ckpt, weights_only=True)

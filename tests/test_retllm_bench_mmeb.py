@@ -24,7 +24,8 @@ def _write(root):
   image(os.path.join(root, "eval_images", "VisDial", "q0.jpg"), 5)
   image(os.path.join(root, "eval_images", "VisDial", "c1.jpg"), 6)
   rows = [
-      {"qry_text": "<|image_1|>\nRepresent the image: what is it?", "qry_img_path": "VisDial/q0.jpg",
+      {"qry_text": "<|image_1|>\nRepresent the image: what is it?",
+       "qry_img_path": "VisDial/q0.jpg",
        "tgt_text": ["a dog", "a cat"], "tgt_img_path": ["", ""]},
       {"qry_text": "Find the image of a dog", "qry_img_path": "",
        "tgt_text": ["<|image_1|>\nRepresent the given image.", "<|image_1|> plain"],
