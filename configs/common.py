@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Frozen CLIP. path="" uses the embedded demo CLIP (tiny, random, built in the workdir).
   c.clip = ml_collections.ConfigDict()
-  c.clip.path = ""
+  c.clip.path = ""  # a HF CLIP or SigLIP folder (chosen by config.json's model_type)
   c.clip.dtype = "float32"  # compute dtype: "bfloat16" on TPU/GPU
   c.clip.scan_layers = True
   c.clip.batch_size = 256  # per-process embedding batch (embed.batch_size=0 uses this)

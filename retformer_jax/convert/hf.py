@@ -47,8 +47,9 @@ def encoder_family(path: str) -> str:
     with open(cfg) as f:
       model_type = json.load(f).get("model_type", "clip")
   except FileNotFoundError:
-    raise FileNotFoundError(f"{cfg} is missing: an encoder folder needs the config.json saved "
-                            "with the weights (transformers `save_pretrained` writes it).") from None
+    raise FileNotFoundError(
+        f"{cfg} is missing: an encoder folder needs the config.json saved with the weights "
+        "(transformers `save_pretrained` writes it).") from None
   except ValueError as e:
     raise EncoderFolderError(f"{cfg} is not valid JSON ({e}).") from e
   if model_type == "siglip2":

@@ -2,10 +2,10 @@
 
 The paper's "CLIP zero-shot" baseline row: each test image goes to the class whose prompt
 ("a photo of a {name}.") has the most similar text embedding. With a SigLIP encoder the class
-logits are exp(logit_scale) * cos + logit_bias, read through a sigmoid (`SigLIP.__call__`); a
-monotone map of the cosine, so the ranking, and every metric here, is the cosine's. Image vectors come from the
-split's embedding store (built here if the embed stage has not run yet, and then reused by it),
-so no image is embedded twice. Writes WORKDIR/zeroshot/<split>/metrics.json.
+logits are exp(logit_scale) * cos + logit_bias, read through a sigmoid (`SigLIP.__call__`): a
+monotone map of the cosine, so the ranking, and every metric here, is the cosine's. Image
+vectors come from the split's embedding store (built here if the embed stage has not run yet,
+and then reused by it), so no image is embedded twice. Writes WORKDIR/zeroshot/<split>/metrics.json.
 """
 
 from __future__ import annotations
