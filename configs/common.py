@@ -202,7 +202,8 @@ def get_config() -> ml_collections.ConfigDict:
   # [4, 16384] * 28^2 pixel bounds), then by the HF processor, as the released code loads them;
   # False = the HF processor alone.
   c.retllm.pre_resize = True
-  c.retllm.vision_cache_size = 2048  # gallery images whose vision features stay cached
+  c.retllm.vision_cache_size = 0  # images whose vision features stay cached (0 = every image)
+  c.retllm.prefix_cache_bytes = 4 << 30  # LRU of prompt-prefix K/V kept across chunks, per host
   c.retllm.batch_size = 8  # candidates per MLLM forward
   c.retllm.dtype = "bfloat16"  # MLLM compute dtype ("float32" on CPU)
   c.retllm.min_pixels = 256 * 28 * 28

@@ -3,6 +3,8 @@
 # Exercises the multi-host code path without a cluster:
 #   NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local_multiprocess.sh \
 #       --config=configs/demo.py --workdir=/tmp/retformer_mp
+# Any config runs this way, RetLLM too (each process scores its own chunks of queries):
+#   launch/local_multiprocess.sh --config=configs/retllm_demo.py --workdir=/tmp/retllm_mp
 # Each process logs to WORKDIR/logs/process_<i>.log; the script fails if any process fails.
 set -euo pipefail
 NUM_PROCESSES="${NUM_PROCESSES:-2}"

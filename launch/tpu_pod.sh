@@ -3,6 +3,12 @@
 # workers by itself on TPU VMs, so every worker runs the same command.
 #   TPU_NAME=my-v5e-32 ZONE=us-west4-a WORKDIR=/mnt/shared/inat \
 #       launch/tpu_pod.sh --config=configs/inat.py
+# Any config runs this way, RetLLM too (each worker scores its own chunks of queries):
+#   TPU_NAME=my-v5e-32 ZONE=us-west4-a WORKDIR=/mnt/shared/retllm \
+#       launch/tpu_pod.sh --config=configs/retllm_flickr30k.py \
+#       --config.clip.path=/mnt/shared/clip-b16 --config.retllm.model_path=/mnt/shared/qwen7b \
+#       --config.retllm.karpathy_json=/mnt/shared/dataset_flickr30k.json \
+#       --config.retllm.data_dir=/mnt/shared/flickr30k-images
 # WORKDIR must be on storage every worker sees (Filestore/NFS, or a gcsfuse mount): the
 # embedding store and the index are memory-mapped from it; checkpoints go there too.
 set -euo pipefail

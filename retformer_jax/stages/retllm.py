@@ -59,7 +59,8 @@ def scorer_kwargs(rc: ml_collections.ConfigDict) -> dict:
   return dict(floor_decimals=None if rc.floor_decimals < 0 else rc.floor_decimals,
               injection=injection_config(rc), batch_size=rc.batch_size, dtype=rc.dtype,
               min_pixels=rc.min_pixels, max_pixels=rc.max_pixels, pre_resize=rc.pre_resize,
-              vision_cache_size=rc.vision_cache_size)
+              vision_cache_size=rc.vision_cache_size,
+              prefix_cache_bytes=rc.get("prefix_cache_bytes", 4 << 30))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -70,6 +71,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   encoder_lib.ensure_demo_clip(config, workdir)  # when config.clip.path is ""
   hosts.barrier("retllm-demo-clip")
   encoder = coarse.ClipEncoder(encoder_lib.load_encoder(config, workdir), config.clip.dtype)
+  if jax.process_index() == 0:  # the demo MLLM (when model_path is "") built once
+    qwen_folder(config, workdir)
+  hosts.barrier("retllm-demo-qwen")
   model_path = qwen_folder(config, workdir)
   kwargs = scorer_kwargs(rc)
 

@@ -1,0 +1,89 @@
+"""The retllm stage as a 2-process job (gloo on loopback, 2 CPU devices each, pairs split over
+each process's `data` axis) through launch/local_multiprocess.sh: killed after some chunks,
+rerun, it scores only the missing chunks and writes the metrics of a 1-process, 1-device run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--config=configs/retllm_demo.py", "--config.retllm.num_images=12",
+         "--config.retllm.num_queries=8", "--config.retllm.top_k=3",
+         "--config.retllm.chunk_size=1"]
+NUM_CHUNKS = 8 + 8  # 8 queries per direction, one per chunk
+
+
+def _env(**extra):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", **extra)
+  return env
+
+
+def _chunk_files(workdir):
+  """{path: inode} of every saved chunk."""
+  root = os.path.join(workdir, "retllm", "scores")
+  found = {}
+  for folder, _, files in os.walk(root):
+    for f in files:
+      if f.startswith("chunk_") and f.endswith(".npz"):
+        path = os.path.join(folder, f)
+        found[path] = os.stat(path).st_ino
+  return found
+
+
+def _launch(workdir):
+  return subprocess.Popen(["bash", "launch/local_multiprocess.sh", *SMALL, f"--workdir={workdir}"],
+                          cwd=REPO, env=_env(NUM_PROCESSES="2", DEVICES_PER_PROCESS="2"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+
+
+def _logs(workdir):
+  return [open(os.path.join(workdir, "logs", f"process_{i}.log")).read() for i in range(2)]
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "retllm", "metrics.json")) as f:
+    return json.load(f)
+
+
+@pytest.mark.slow
+def test_two_processes_resume_and_match_one(tmp_path):
+  multi = str(tmp_path / "multi")
+  job = _launch(multi)
+  deadline = time.time() + 300
+  while time.time() < deadline and job.poll() is None and len(_chunk_files(multi)) < 3:
+    time.sleep(0.05)
+  if job.poll() is None:
+    os.killpg(job.pid, signal.SIGKILL)
+  job.wait()
+  before = _chunk_files(multi)
+  assert job.returncode == -signal.SIGKILL, "".join(log[-3000:] for log in _logs(multi))
+  assert 0 < len(before) < NUM_CHUNKS, f"kill landed after {len(before)} chunks"
+  assert not os.path.exists(os.path.join(multi, "retllm", "metrics.json"))
+
+  job = _launch(multi)
+  _, err = job.communicate(timeout=300)
+  logs = _logs(multi)
+  assert job.returncode == 0, err + "".join(log[-3000:] for log in logs)
+  after = _chunk_files(multi)
+  assert len(after) == NUM_CHUNKS
+  assert all(after[p] == ino for p, ino in before.items())  # finished chunks left as they were
+  redone = sum(log.count("done, ") for log in logs)
+  assert redone == NUM_CHUNKS - len(before)
+  assert all(f"[process {i}/2]" in logs[i] for i in range(2))  # both processes scored
+  assert "retllm Recall@k" in logs[0] and "retllm Recall@k" not in logs[1]  # 0 writes
+  assert "process 0 writes the metrics" in logs[1]
+
+  single = str(tmp_path / "single")
+  r = subprocess.run([sys.executable, "-m", "retformer_jax.main", *SMALL, f"--workdir={single}"],
+                     cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  m1, m2 = _metrics(single), _metrics(multi)
+  assert m1.pop("scores") != m2.pop("scores")  # each workdir keys its own scores
+  assert m1 == m2
