@@ -163,6 +163,10 @@ def _parse_flags(argv):
   """absl flag parsing, with config-override mistakes reported in one line, not a traceback."""
   try:
     return FLAGS(argv)
+  except SystemExit:
+    if any(a in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+      sys.exit(0)  # absl exits 1 after printing the help asked for; that is no failure
+    raise
   except flags.Error as e:
     sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpfull to see all flags.\n")
   except (KeyError, AttributeError) as e:
