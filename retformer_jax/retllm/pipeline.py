@@ -130,21 +130,25 @@ def _score_own_chunks(direction: str, data: caption_sets.CaptionSet, cands: np.n
                       process: tuple[int, int]) -> None:
   """Scores and saves the unfinished chunks that belong to this process (c mod P)."""
   index, count = process
-  mine = [ch for ch in chunks if ch.number % count == index]
-  t0, scored = time.time(), 0
-  for done, ch in enumerate(mine, 1):
+  todo = []
+  for ch in chunks:
+    if ch.number % count != index:
+      continue
     if os.path.isfile(ch.path):
       _load_chunk(ch, cands)  # finished by an earlier run; refuses a file of other inputs
-      continue
+    else:
+      todo.append(ch)
+  t0, scored = time.time(), 0
+  for done, ch in enumerate(todo, 1):
     p, e = _score_chunk(get_scorer(), direction, data, ch.queries, cands[ch.queries])
     atomic_io.save_npz(ch.path, queries=ch.queries, candidates=cands[ch.queries], p_true=p,
                        entropy=e)
     preemption.check(f"RetLLM {direction}, chunk {ch.number + 1} of {len(chunks)} (saved)")
     scored += len(ch.queries)
     elapsed = max(time.time() - t0, 1e-9)
-    left = sum(len(c.queries) for c in mine[done:] if not os.path.isfile(c.path))
+    left = sum(len(c.queries) for c in todo[done:])
     logging.info("retllm %s [process %d/%d]: chunk %d/%d done, %.1f pairs/s, ETA %.0f s",
-                 direction, index, count, done, len(mine), scored * cands.shape[1] / elapsed,
+                 direction, index, count, done, len(todo), scored * cands.shape[1] / elapsed,
                  left * elapsed / scored)
 
 
