@@ -38,7 +38,7 @@ def _close(ours, ref):
   assert np.abs(np.asarray(ours) - ref).max() <= TOL * scale
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("scan_layers", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_features_match_hf(variant, scan_layers):
   folder, torch_model, kw = variant
   size, length = kw["image_size"], kw["max_pos"]

@@ -26,7 +26,6 @@ from retformer_jax.models import clip, layers
 from retformer_jax.models.siglip_config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
 Dtype = Any
-_NEG = -1e30  # finite "minus infinity" for masked attention logits
 
 
 class ProbeAttention(nn.Module):
