@@ -133,7 +133,8 @@ class QwenVL(nn.Module):
   def decode(self, x_btd, positions_3bt, key_mask_bt, last_idx_b, *, prefix_kv=None,
              prefix_mask_bp=None, start: int = 0, stop: int | None = None, collect_kv=False,
              injection: qwen_injection.InjectionConfig | None = None, arm_state=None,
-             memory_bmd=None, memory_mask_bm=None, output: str = "hidden"):
+             memory_bmd=None, memory_mask_bm=None, output: str = "hidden",
+             trigger_only: bool = False, collect_hidden: bool = False):
     """Runs decoder layers [start, stop) over embeddings `x_btd`.
 
     prefix_kv: (k, v) each [stop-start, Bp, P, kv_heads, head_dim] of a cached prefix that
@@ -141,7 +142,10 @@ class QwenVL(nn.Module):
     key_mask_bt marks valid positions of `x`; a query attends to valid prefix keys and to
     valid keys of `x` at or before it. last_idx_b indexes each sample's last position in `x`.
     output: "hidden" (no head), "last" (logits of the last position) or "all".
-    Returns dict(hidden, logits, kv, arm_state).
+    trigger_only: with injection, track the trigger (arm_state) but inject nothing (a pass
+    that only finds each sample's armed layer). collect_hidden: also return the input of every
+    layer run (`hiddens` [stop-start, B, T, D]).
+    Returns dict(hidden, logits, kv, arm_state, hiddens).
     """
     t = self.cfg.text
     stop = t.layers if stop is None else stop
@@ -155,7 +159,7 @@ class QwenVL(nn.Module):
       pm = jnp.broadcast_to(prefix_mask_bp.astype(bool), (B, P))
       mask = jnp.concatenate([jnp.broadcast_to(pm[:, None, :], (B, T, P)), mask], -1)
     inj = injection if injection is not None and injection.enabled else None
-    can_inject = inj is not None and stop > inj.first_armable
+    can_inject = inj is not None and stop > inj.first_armable and not trigger_only
     if can_inject and (memory_bmd is None or memory_mask_bm is None):
       raise ValueError("decode with injection over layers that can be armed needs memory_bmd "
                        "(the sequence's input embeddings) and memory_mask_bm.")
@@ -167,6 +171,7 @@ class QwenVL(nn.Module):
     def layer(carry, xs):
       h, st = carry
       p, idx, pk, pv = xs
+      h_in = h
       h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
       a_in = layers.rms_norm(h, p["input_norm"], t.eps)
       q = jnp.einsum("btd,dhe->bthe", a_in, p["q"].astype(dt)) + p["q_bias"].astype(dt)
@@ -200,13 +205,13 @@ class QwenVL(nn.Module):
           h_last = layers.rms_norm(h_last, self.final_norm, t.eps)
         lg = jnp.dot(h_last.astype(dt), head.astype(dt), preferred_element_type=jnp.float32)
         st = st.step(idx, qwen_injection.topk_entropy(lg, inj.top_k), inj, t.layers)
-      return (h, st), ((k, v) if collect_kv else None)
+      return (h, st), ((k, v) if collect_kv else None, h_in if collect_hidden else None)
 
     n = stop - start
     pk, pv = (None, None) if prefix_kv is None else prefix_kv
     xs = (params, jnp.arange(start, stop, dtype=jnp.int32), pk, pv)
-    (h, state), kv = jax.lax.scan(layer, (x_btd.astype(dt), state), xs, length=n)
-    out = {"hidden": h, "kv": kv, "arm_state": state, "logits": None}
+    (h, state), (kv, hiddens) = jax.lax.scan(layer, (x_btd.astype(dt), state), xs, length=n)
+    out = {"hidden": h, "kv": kv, "arm_state": state, "logits": None, "hiddens": hiddens}
     if output == "last":
       h_last = jnp.take_along_axis(h, last_idx_b[:, None, None], axis=1)[:, 0]
       out["logits"] = self.logits(h_last)
