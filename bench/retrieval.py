@@ -49,17 +49,6 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
   return hits / truth.size
 
 
-def timed_search(index, q, k, rerank_vectors=None, rerank_depth=0):
-  t = time.perf_counter()
-  if rerank_depth:
-    _, cand = index.search(q, rerank_depth)
-    s, i = index_lib.rescore(q, cand, rerank_vectors)
-    _, ids = index_lib.merge_topk(s, i, k)
-  else:
-    _, ids = index.search(q, k)
-  return ids, time.perf_counter() - t
-
-
 def folder_bytes(path: str) -> int:
   total = 0
   for root, _, files in os.walk(path):
@@ -83,9 +72,31 @@ def backends(n: int, args) -> dict:
   scann.training_sample_size = min(n, 100_000)
   scann.reorder_k = args.scann_reorder
   codes = scann.copy_and_resolve_references()
-  codes.reorder_k = 0  # 4-bit codes only in RAM; re-scored from the fp16 store
-  return {"scann": ("scann", scann, 0), "scann_codes": ("scann", codes, args.rerank),
-          "faiss_ivfpq": ("faiss", ivfpq, args.rerank), "faiss_hnsw": ("faiss", hnsw, 0)}
+  codes.reorder_k = 0  # codes only in RAM; re-scored from the fp16 store
+  codes.dims_per_block = args.scann_codes_dims_per_block
+  out = {"faiss_ivfpq": ("faiss", ivfpq, args.rerank), "scann": ("scann", scann, 0),
+         "scann_codes": ("scann", codes, args.rerank), "faiss_hnsw": ("faiss", hnsw, 0)}
+  if n > args.hnsw_max_n:
+    del out["faiss_hnsw"]
+  return out
+
+
+def search_fn(index, k: int, store, rerank_depth: int):
+  """queries -> ids [m, k]: the index's top k, or its top rerank_depth re-scored exactly from
+  the memory-mapped store (as KBIndex.search does with config.index.rerank_depth)."""
+  def search(q):
+    if not rerank_depth:
+      return index.search(q, k)[1]
+    _, cand = index.search(q, rerank_depth)
+    s, i = index_lib.rescore(q, cand, store)
+    return index_lib.merge_topk(s, i, k)[1]
+  return search
+
+
+def write_store(x: np.ndarray, path: str) -> np.ndarray:
+  """The KB's vectors as the store keeps them (fp16 .npy), memory-mapped back."""
+  np.save(path, x)
+  return np.load(path, mmap_mode="r")
 
 
 def run_size(n: int, args, tmp: str) -> dict:
@@ -95,52 +106,79 @@ def run_size(n: int, args, tmp: str) -> dict:
   centres /= np.linalg.norm(centres, axis=1, keepdims=True)
   basis = np.linalg.qr(rng.standard_normal((d, args.latent)))[0].T.astype(np.float32)
   t = time.perf_counter()
-  # The KB as the store keeps it (float16); backends convert chunk by chunk.
-  x = clustered(n, d, centres, basis, seed=1, dtype=np.float16)
+  store = write_store(clustered(n, d, centres, basis, seed=1, dtype=np.float16),
+                      os.path.join(tmp, f"store-{n}.npy"))
   q = clustered(args.queries, d, centres, basis, seed=2)
   print(f"[N={n}] data {time.perf_counter() - t:.1f}s", flush=True)
   cfg = common.get_config().index
-  cached = os.path.join(args.cache, f"exact-{n}-{args.queries}-{args.k}.npz") if args.cache else ""
-  if cached and os.path.exists(cached):  # same data (seeded): reuse the exact answer
-    with np.load(cached) as z:
-      truth, exact_row = z["truth"], json.loads(str(z["exact"]))
-  else:
-    exact_cls = index_lib.backend_class("exact")
-    t = time.perf_counter()
-    exact = exact_cls(d, cfg.exact)
-    exact.build(x)
-    build_exact = time.perf_counter() - t
-    exact.search(q[:cfg.exact.query_batch], k)  # compile
-    truth, dt = timed_search(exact, q, k)
-    del exact
-    exact_row = {"qps": args.queries / dt, "recall_at_32": 1.0, "build_s": build_exact,
-                 "bytes_per_vector": 4.0 * d}
-    if cached:
-      os.makedirs(args.cache, exist_ok=True)
-      np.savez(cached, truth=truth, exact=json.dumps(exact_row))
-  out = {"exact": exact_row}
-  print(f"[N={n}] exact: {out['exact']['qps']:.0f} q/s", flush=True)
+  t = time.perf_counter()
+  exact = index_lib.backend_class("exact")(d, cfg.exact)
+  exact.build(store)
+  out = {"exact": {"backend": "exact", "build_s": time.perf_counter() - t,
+                   "bytes_per_vector": 4.0 * d}}  # its float32 copy of the KB
+  exact.search(q[:cfg.exact.query_batch], k)  # compile
+  searches = {"exact": lambda qq: exact.search(qq, k)[1]}
   for name, (backend, bcfg, rerank) in backends(n, args).items():
     if args.backends and name not in args.backends.split(","):
       continue
     folder = os.path.join(tmp, f"{name}-{n}")
     t = time.perf_counter()
     index = index_lib.backend_class(backend)(d, bcfg)
-    index.build(x, seed=0)
+    index.build(store, seed=0)
     build_s = time.perf_counter() - t
     index.save(folder)
-    size = folder_bytes(folder)
-    index.search(q[:64], k)  # warm up
-    ids, dt = timed_search(index, q, k, rerank_vectors=x, rerank_depth=rerank)
-    out[name] = {"qps": args.queries / dt, "recall_at_32": recall(ids, truth), "build_s": build_s,
-                 "bytes_per_vector": size / n}
+    out[name] = {"backend": name, "build_s": build_s, "bytes_per_vector": folder_bytes(folder) / n}
     if rerank:
       out[name]["rerank_depth"] = rerank
-    print(f"[N={n}] {name}: " + ", ".join(f"{a}={b:.4g}" for a, b in out[name].items()),
-          flush=True)
-    del index
     shutil.rmtree(folder, ignore_errors=True)
-  out["exact_qps"] = out["exact"]["qps"]
+    searches[name] = search_fn(index, k, store, rerank)
+    searches[name](q[:64])  # warm up (and compile the re-scoring)
+    print(f"[N={n}] {name}: built in {build_s:.1f}s", flush=True)
+  # Interleaved: each chunk of queries goes through exact, then every other backend, so that
+  # the machine's load (shared cores) weighs on all of them alike.
+  seconds = {name: 0.0 for name in searches}
+  found = {name: [] for name in searches}
+  for lo in range(0, len(q), args.chunk):
+    for name, search in searches.items():
+      t = time.perf_counter()
+      found[name].append(search(q[lo:lo + args.chunk]))
+      seconds[name] += time.perf_counter() - t
+  truth = np.concatenate(found["exact"])
+  exact_qps = len(q) / seconds["exact"]
+  for name in searches:
+    row = out[name]
+    row.update(qps=len(q) / seconds[name], exact_qps=exact_qps,
+               recall_at_32=recall(np.concatenate(found[name]), truth))
+    row["x_exact"] = row["qps"] / exact_qps
+    print(f"[N={n}] {name}: " + ", ".join(
+        f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in row.items()),
+          flush=True)
+  out["exact_qps"] = exact_qps
+  return out
+
+
+def headline(results: dict, n: int, max_bytes: float, min_recall: float) -> dict:
+  """The fastest backend at N = n within the RAM and recall bounds (its row plus N)."""
+  rows = [r for name, r in results[str(n)].items() if isinstance(r, dict) and name != "exact"
+          and r["bytes_per_vector"] <= max_bytes and r["recall_at_32"] >= min_recall]
+  if not rows:
+    return {"n": n, "backend": None}
+  best = max(rows, key=lambda r: r["qps"])
+  return {"n": n, **best}
+
+
+def exponents(results: dict, sizes: list[int]) -> dict:
+  """Per backend, the log-log slope of queries/s (and build time) against N."""
+  out = {}
+  names = results[str(sizes[0])].keys()
+  for name in names:
+    pts = [(n, results[str(n)][name]) for n in sizes
+           if isinstance(results[str(n)].get(name), dict)]
+    if len(pts) < 2:
+      continue
+    logn = np.log([n for n, _ in pts])
+    out[name] = {key: float(np.polyfit(logn, np.log([r[key] for _, r in pts]), 1)[0])
+                 for key in ("qps", "build_s")}
   return out
 
 
@@ -157,18 +195,30 @@ def main() -> None:
   p.add_argument("--ef_search", type=int, default=128)
   p.add_argument("--pq_m", type=int, default=128, help="PQ sub-quantizers (4 bits each)")
   p.add_argument("--nprobe", type=int, default=16)
+  p.add_argument("--tmp", default=None, help="where the store and saved indexes go (disk)")
   p.add_argument("--nlist_factor", type=float, default=2.0, help="IVF lists = factor * sqrt(N)")
   p.add_argument("--scann_reorder", type=int, default=128, help="ScaNN in-index reorder")
-  p.add_argument("--rerank", type=int, default=256, help="re-scoring depth from the store")
+  p.add_argument("--rerank", type=int, default=128, help="re-scoring depth from the store")
   p.add_argument("--scann_leaves_factor", type=float, default=1.0, help="leaves = f * sqrt(N)")
   p.add_argument("--scann_search", type=float, default=0.05, help="fraction of leaves searched")
+  p.add_argument("--scann_codes_dims_per_block", type=int, default=4,
+                 help="scann_codes: AH dims per 4-bit code")
+  p.add_argument("--hnsw_max_n", type=int, default=100_000, help="skip HNSW above this N")
   p.add_argument("--backends", default="", help="comma list; empty = all")
-  p.add_argument("--cache", default="", help="dir keeping the exact answers between runs")
+  p.add_argument("--chunk", type=int, default=1000, help="queries per interleaved round")
+  p.add_argument("--max_bytes", type=float, default=100.0, help="headline: RAM bound")
+  p.add_argument("--min_recall", type=float, default=0.95, help="headline: recall@k bound")
   args = p.parse_args()
-  results = {"dim": args.dim, "queries": args.queries, "k": args.k, "cpus": os.cpu_count()}
-  with tempfile.TemporaryDirectory(prefix="bench_retrieval_") as tmp:
-    for n in [int(s) for s in args.sizes.split(",") if s]:
+  sizes = [int(s) for s in args.sizes.split(",") if s]
+  results = {"dim": args.dim, "queries": args.queries, "k": args.k, "cpus": os.cpu_count(),
+             "load_before": os.getloadavg()[0]}
+  with tempfile.TemporaryDirectory(prefix="bench_retrieval_", dir=args.tmp) as tmp:
+    for n in sizes:
       results[str(n)] = run_size(n, args, tmp)
+  results["load_after"] = os.getloadavg()[0]
+  results["exponents"] = exponents(results, sizes)
+  results = {"headline": headline(results, sizes[-1], args.max_bytes, args.min_recall),
+             **results}
   print(json.dumps(results))
 
 

@@ -114,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.index.faiss.ef_construction = 200
   c.index.faiss.ef_search = 128
   c.index.faiss.nprobe = 64  # IVF factories
+  c.index.faiss.nlist_factor = 2.0  # "{nlist}" in factory = this x sqrt(segment rows)
   c.index.faiss.train_size = 262144  # vectors sampled to train IVF / PQ
   c.index.faiss.mmap = False  # memory-map the index file on load (IVF / flat codes)
   c.index.scann = ml_collections.ConfigDict()

@@ -24,6 +24,7 @@ from retformer_jax.kb import layout, store as store_lib
 from retformer_jax.kb.index_exact import ExactIndex
 from retformer_jax.kb.index_faiss import FaissIndex
 from retformer_jax.kb.index_scann import ScannIndex
+from retformer_jax.kb.rescore import rescore  # noqa: F401  (part of this module's API)
 from retformer_jax.parallel import hosts
 
 log = logging.getLogger(__name__)
@@ -196,22 +197,6 @@ class KBIndex:
 def open_index(workdir: str, config) -> KBIndex:
   """The saved index of KB config.kb.name, checked against the current stores."""
   return KBIndex(workdir, config)
-
-
-def rescore(q_md: np.ndarray, ids: np.ndarray, vectors: np.ndarray, batch: int = 512):
-  """Exact inner products of each query with its candidates (ids -1 -> -inf), read from the
-  store's (memory-mapped) vectors: compressed codes find candidates, full vectors rank them."""
-  q = np.asarray(q_md, np.float32)
-  sims = np.full(ids.shape, -np.inf, np.float32)
-  for lo in range(0, len(q), batch):
-    i = ids[lo:lo + batch]
-    flat = np.where(i >= 0, i, 0).reshape(-1)
-    order = np.argsort(flat, kind="stable")
-    vec = np.empty((len(flat), vectors.shape[1]), np.float32)
-    vec[order] = vectors[flat[order]]
-    s = np.einsum("mkd,md->mk", vec.reshape(*i.shape, -1), q[lo:lo + batch])
-    sims[lo:lo + batch] = np.where(i >= 0, s, -np.inf)
-  return sims, ids
 
 
 def merge_topk(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
