@@ -1,6 +1,7 @@
 """The retllm stage as a 2-process job (gloo on loopback, 2 CPU devices each, pairs split over
 each process's `data` axis) through launch/local_multiprocess.sh: killed after some chunks,
-rerun, it scores only the missing chunks and writes the metrics of a 1-process, 1-device run."""
+rerun, it scores only the missing chunks and writes the metrics of a 1-process, 1-device run.
+Also: the scorer on a data=2 mesh gets its batches split over `data` and scores as on 1 device."""
 
 import json
 import os
@@ -87,3 +88,49 @@ def test_two_processes_resume_and_match_one(tmp_path):
   m1, m2 = _metrics(single), _metrics(multi)
   assert m1.pop("scores") != m2.pop("scores")  # each workdir keys its own scores
   assert m1 == m2
+
+
+_DATA_PARALLEL = r"""
+import sys
+import jax
+import numpy as np
+from configs import common
+from retformer_jax.demo import qwen as demo_qwen
+from retformer_jax.parallel import mesh as mesh_lib
+from retformer_jax.retllm import scorer
+
+corpus = ["a red fox jumps over the fence", "two dogs play in the snow", "a man rides a bike"]
+folder = demo_qwen.build_demo_qwen(sys.argv[1], corpus, min_pixels=8 * 784, max_pixels=16 * 784)
+rng = np.random.default_rng(0)
+images = [rng.integers(0, 256, (60 + 20 * i, 100, 3), dtype=np.uint8) for i in range(3)]
+pairs = [(0, 0), (0, 1), (1, 1), (2, 0), (2, 2)]  # 3 images: odd batches, padded to even
+cfg = common.get_config().mesh
+cfg.data, cfg.model = 2, 1
+kw = dict(floor_decimals=None, batch_size=3)
+one = scorer.PairScorer.from_folder(folder, **kw)
+two = scorer.PairScorer.from_folder(folder, mesh=mesh_lib.make_mesh(cfg),
+                                    axis_rules=mesh_lib.axis_rules(cfg), **kw)
+calls, run = [], two._run
+
+def spy(name, *args):
+  data = jax.sharding.PartitionSpec("data")
+  split = [a for a in args if isinstance(a, jax.Array) and a.sharding.spec == data]
+  calls.append((name, [a.shape[0] for a in split]))
+  return run(name, *args)
+
+two._run = spy
+a, b = one.score_pairs(images, corpus, pairs), two.score_pairs(images, corpus, pairs)
+np.testing.assert_allclose(b.p_true, a.p_true, rtol=1e-5, atol=1e-7)
+np.testing.assert_allclose(b.entropy, a.entropy, rtol=1e-5, atol=1e-6)
+batched = [rows for name, rows in calls if name != "vision"]
+assert batched and all(rows and all(r % 2 == 0 for r in rows) for rows in batched), calls
+print("DATA_PARALLEL_OK")
+"""
+
+
+@pytest.mark.slow
+def test_scorer_batches_split_over_data_axis(tmp_path):
+  r = subprocess.run([sys.executable, "-c", _DATA_PARALLEL, str(tmp_path / "qwen")], cwd=REPO,
+                     env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                              PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
+  assert "DATA_PARALLEL_OK" in r.stdout, r.stderr[-3000:]
