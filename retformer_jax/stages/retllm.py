@@ -60,7 +60,11 @@ def scorer_kwargs(rc: ml_collections.ConfigDict) -> dict:
               injection=injection_config(rc), batch_size=rc.batch_size, dtype=rc.dtype,
               min_pixels=rc.min_pixels, max_pixels=rc.max_pixels, pre_resize=rc.pre_resize,
               vision_cache_size=rc.vision_cache_size,
-              prefix_cache_bytes=rc.get("prefix_cache_bytes", 4 << 30))
+              prefix_cache_bytes=rc.prefix_cache_bytes)
+
+
+# Settings that change how fast the scores come, not the scores: left out of the chunks' key.
+SPEED_ONLY = ("batch_size", "vision_cache_size", "prefix_cache_bytes")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -89,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       scorer_identity=pipeline.scorer_identity(
           [os.path.abspath(model_path), coarse.folder_stamp(model_path), sorted(
               (k, repr(v)) for k, v in kwargs.items()
-              if k not in ("batch_size", "vision_cache_size"))]))
+              if k not in SPEED_ONLY)]))
   metrics = pipeline.run(data, encoder, make_scorer, os.path.join(workdir, "retllm"), settings,
                          embed_batch_size=config.clip.batch_size)
   if metrics is None:
