@@ -11,7 +11,7 @@ mask1 = 1 on positions 0..19 and mask2 = 1 on positions 20..247. That sum is one
 HF `text_model.embeddings.position_embedding.weight`, and the folder loads through
 `hf.load_clip` (or transformers' CLIPModel) with max_position_embeddings = 248.
 
-Reading the checkpoint needs torch (installed with the `test` extra, or `pip install torch`),
+Reading the checkpoint needs torch (installed with the `prep` or `test` extra),
 and only ever through `torch.load(..., weights_only=True)`, which unpickles tensors and plain
 containers and nothing else. A TorchScript archive, or a file that needs full unpickling, is
 refused with one line: neither is read.
@@ -63,7 +63,7 @@ def read_checkpoint(path: str) -> dict[str, np.ndarray]:
     import torch
   except ImportError:
     raise LongClipError("Converting a Long-CLIP .pt needs torch to read it: pip install torch "
-                        "(the CPU build is enough), or install the `test` extra.") from None
+                        "(the CPU build is enough), or install the `prep` extra.") from None
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # noqa: BLE001 - torch raises several types for a refused pickle
