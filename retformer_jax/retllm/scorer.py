@@ -64,7 +64,12 @@ def _bucket(n: int, step: int) -> int:
   return max(step, -(-n // step) * step)
 
 
-def image_key(image: np.ndarray) -> str:
+def image_key(image) -> str:
+  """Hash of an image's pixels; a tuple of images (one prompt showing several) hashes them in
+  order."""
+  if isinstance(image, tuple):
+    return hashlib.sha1(("|".join(image_key(p) for p in image) + f"#{len(image)}").encode()
+                        ).hexdigest()
   a = np.ascontiguousarray(image)
   return hashlib.sha1(a.tobytes() + str((a.shape, a.dtype.str)).encode()).hexdigest()
 
@@ -157,9 +162,15 @@ class PairScorer:
     """One image against its candidate captions."""
     return self.score_pairs([image], list(captions), [(0, j) for j in range(len(captions))])
 
-  def score_pairs(self, images: Sequence[np.ndarray], captions: Sequence[str],
-                  pairs: Sequence[tuple[int, int]]) -> ScoreResult:
-    """Scores (images[i], captions[j]) for every (i, j) in `pairs`, in that order."""
+  def score_pairs(self, images: Sequence[np.ndarray], captions: Sequence,
+                  pairs: Sequence[tuple[int, int]], prompter=None) -> ScoreResult:
+    """Scores (images[i], captions[j]) for every (i, j) in `pairs`, in that order.
+
+    prompter: builds each pair's prompt instead of the match question (retllm.prompts:
+    mixed query/candidate items); then captions[j] is what it reads, and images[i] may be a
+    tuple of images (shown in order; () = none).
+    """
+    prompter = prompter or self.prompter
     pairs = [(int(i), int(j)) for i, j in pairs]
     n = len(pairs)
     p_true, ent, armed = np.zeros(n), np.zeros(n), np.full(n, -1)
@@ -167,12 +178,12 @@ class PairScorer:
       if not (0 <= i < len(images) and 0 <= j < len(captions)):
         raise IndexError(f"pair {(i, j)} is out of range for {len(images)} images and "
                          f"{len(captions)} captions.")
-    keys = {i: image_key(np.asarray(images[i])) for i in sorted({i for i, _ in pairs})}
+    keys = {i: image_key(images[i]) for i in sorted({i for i, _ in pairs})}
     grids = {i: self._grid(keys[i], images[i]) for i in keys}
     full, cuts, groups = {}, {}, {}  # groups: prefix key -> pair indices, in first-seen order
     for k, (i, j) in enumerate(pairs):
-      full[k] = self._pair_arrays(captions[j], grids[i])
-      cut = self._prefix_len(full[k][0])
+      full[k] = self._pair_arrays(captions[j], grids[i], prompter)
+      cut = self._prefix_len(full[k][0], prompter)
       pkey = (keys[i], hashlib.sha1(full[k][0][:cut].tobytes()).hexdigest())
       groups.setdefault(pkey, []).append(k)
       cuts[pkey] = cut
@@ -209,6 +220,13 @@ class PairScorer:
 
   # ------------------------------------------------------------------ internals
   def _features(self, key: str, image) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(image, tuple):  # several images in one prompt: their tokens in order
+      parts = [self._features(image_key(p), p) for p in image]
+      grid = np.stack([g for _, g in parts]) if parts else np.zeros((0, 3), np.int64)
+      self._grids[key] = grid
+      feats = [f for f, _ in parts] or [np.zeros((0, self.cfg.text.hidden),
+                                                 np.dtype(self.model.dtype))]
+      return np.concatenate(feats), grid
     hit = self._vision_cache.get(key)
     if hit is not None:
       return hit
@@ -236,20 +254,25 @@ class PairScorer:
   def _num_image_tokens(self, grid: np.ndarray) -> int:
     return int(np.prod(grid)) // self.cfg.vision.merge_size ** 2
 
-  def _pair_arrays(self, caption: str, grid: np.ndarray):
+  def _pair_arrays(self, caption, grid: np.ndarray, prompter):
     """(ids [T], feature index [T] (-1: text), rotary positions [3, T]) of one pair."""
-    ids = self.prompter.pair_ids(caption, self._num_image_tokens(grid))
+    if prompter is self.prompter:
+      ids = prompter.pair_ids(caption, self._num_image_tokens(grid))
+    else:  # one token count per image shown
+      ids = prompter.pair_ids(caption, [self._num_image_tokens(g) for g in grid.reshape(-1, 3)])
     is_img = ids == self.cfg.image_token_id
     fidx = np.where(is_img, np.cumsum(is_img) - 1, -1).astype(np.int32)
     pos = qwen_layout.rope_index(ids[None], grid[None], image_token_id=self.cfg.image_token_id,
                                  merge=self.cfg.vision.merge_size)[:, 0]
     return ids, fidx, pos
 
-  def _prefix_len(self, ids: np.ndarray) -> int:
+  def _prefix_len(self, ids: np.ndarray, prompter) -> int:
     """Tokens before the caption: the prompt's common head (with this image's token count),
     leaving at least one token in the suffix. Any cut is exact (the cache is keyed by the
     prefix tokens); this one makes every caption of an image share it."""
     img = self.cfg.image_token_id
+    if prompter is not self.prompter:
+      return max(1, min(prompter.prefix_len(ids, img), len(ids) - 1))
     if self._head is None:
       heads = [self.prompter.pair_ids(p, 1) for p in _PROBES]
       self._head = heads[0][:_common_len(heads)]
