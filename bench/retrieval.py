@@ -3,10 +3,16 @@
     python bench/retrieval.py --sizes=100000,1000000 --queries=10000 --k=32
 
 Data: N unit vectors in d = 512 around 1000 cluster centres, with a 128-dim intrinsic space (like
-CLIP embeddings: same-cluster cosine about 0.5), queries drawn from the same distribution.
-For each backend: build time, bytes per vector (saved index), queries/s, recall@32 against the
-exact backend's answer. Backends are the ones the `index` stage uses (retformer_jax/kb/).
-The last line printed is one JSON object (per size, per backend).
+CLIP embeddings: same-cluster cosine about 0.5), queries drawn from the same distribution. The
+vectors are written as the store keeps them (fp16 .npy) and memory-mapped back: backends build
+from that file, and re-scoring (`rerank_depth`) reads candidates from it per query batch.
+For each backend: build time, bytes per vector of the saved index (what stays in RAM: codes, ids,
+coarse centroids; the store is not counted, exact counts its float32 copy), queries/s and
+recall@32 against the exact backend's answer. Queries go in chunks through exact and every other
+backend in turn, so the machine's load weighs on all alike. Backends are the ones the `index`
+stage uses (retformer_jax/kb/). The last line printed is one JSON object: "headline" (the fastest
+backend at the largest N within --max_bytes and --min_recall, with exact_qps of the same run),
+then per size, per backend, then "exponents" (log-log slope of queries/s and build time vs N).
 """
 
 from __future__ import annotations
@@ -62,9 +68,9 @@ def backends(n: int, args) -> dict:
   hnsw = cfg.faiss.copy_and_resolve_references()
   hnsw.factory = f"HNSW{args.hnsw_m},Flat"
   hnsw.ef_construction, hnsw.ef_search = args.ef_construction, args.ef_search
-  nlist = int(args.nlist_factor * np.sqrt(n))
   ivfpq = cfg.faiss.copy_and_resolve_references()
-  ivfpq.factory = f"IVF{nlist},PQ{args.pq_m}x4fs"
+  ivfpq.factory = f"IVF{{nlist}},PQ{args.pq_m}x4fs"  # {nlist} = nlist_factor * sqrt(N)
+  ivfpq.nlist_factor = args.nlist_factor
   ivfpq.nprobe, ivfpq.train_size = args.nprobe, min(n, 100_000)
   scann = cfg.scann.copy_and_resolve_references()
   scann.num_leaves = int(args.scann_leaves_factor * np.sqrt(n))
@@ -194,11 +200,11 @@ def main() -> None:
   p.add_argument("--ef_construction", type=int, default=80)
   p.add_argument("--ef_search", type=int, default=128)
   p.add_argument("--pq_m", type=int, default=128, help="PQ sub-quantizers (4 bits each)")
-  p.add_argument("--nprobe", type=int, default=16)
+  p.add_argument("--nprobe", type=int, default=8)
   p.add_argument("--tmp", default=None, help="where the store and saved indexes go (disk)")
   p.add_argument("--nlist_factor", type=float, default=2.0, help="IVF lists = factor * sqrt(N)")
   p.add_argument("--scann_reorder", type=int, default=128, help="ScaNN in-index reorder")
-  p.add_argument("--rerank", type=int, default=128, help="re-scoring depth from the store")
+  p.add_argument("--rerank", type=int, default=192, help="re-scoring depth from the store")
   p.add_argument("--scann_leaves_factor", type=float, default=1.0, help="leaves = f * sqrt(N)")
   p.add_argument("--scann_search", type=float, default=0.05, help="fraction of leaves searched")
   p.add_argument("--scann_codes_dims_per_block", type=int, default=4,

@@ -143,8 +143,8 @@ def test_exact_shards_over_devices_local_topk_then_merge(tmp_path):
 def test_rescore_equals_numpy_dot_products_of_the_candidates():
   rng = np.random.default_rng(3)
   vectors = rng.standard_normal((500, D)).astype(np.float16)
-  q = rng.standard_normal((37, D)).astype(np.float32)  # not a multiple of the batch
-  ids = rng.integers(0, 500, size=(37, 20))
+  q = rng.standard_normal((250, D)).astype(np.float32)  # batches of 102, the last one padded
+  ids = rng.integers(0, 500, size=(250, 20))
   ids[5, 3:] = -1  # a query with few candidates
   sims, got = index_lib.rescore(q, ids, vectors)
   want = np.einsum("mcd,md->mc", vectors[np.maximum(ids, 0)].astype(np.float32), q)
