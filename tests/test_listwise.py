@@ -30,7 +30,7 @@ SIZES = ((84, 112), (112, 112), (112, 84))
 
 
 def _reference_text(kind: str, captions) -> str:
-  """The released prompts, written out as in Codes/Qwen_vl.py (lines 1525-1538, 2946-2957)."""
+  """The released prompts, written out as in Codes/Qwen_vl.py (lines 1525-1539, 2946-2959)."""
   label_index = [str(i + 1) for i in range(len(captions))]
   if kind == "retrieval":
     choices = ", ".join([f"{label_index[i]}: {captions[i]}" for i in range(len(captions))])
@@ -194,6 +194,8 @@ def test_answer_reading_and_fallback(folder):
   assert listwise.parse_index(" 3.", 5) == 2
   assert listwise.parse_index("The answer is 4", 5) == 3
   assert listwise.parse_index("Answer\n5", 5) == 4
+  assert listwise.parse_index("2 or 3", 5) == 1  # the first number
+  assert listwise.parse_index("3\nthen 2", 5) == 1  # of the last line
   assert listwise.parse_index("12", 5) is None  # a number, but no candidate's
   assert listwise.parse_index("6", 5) is None and listwise.parse_index("0", 5) is None
   assert listwise.parse_index("True", 5) is None
@@ -221,6 +223,12 @@ def test_answer_reading_and_fallback(folder):
   assert pen.index[0] == 0 and pen.answer_token[0] == ids[0]
   p = np.exp(lg[0] - lg[0].max())  # probs stay the unpenalised softmax
   np.testing.assert_allclose(pen.probs[0], (p / p.sum())[ids], rtol=1e-6)
+
+
+def test_generation_repetition_penalty(folder, tmp_path):
+  (tmp_path / "generation_config.json").write_text('{"repetition_penalty": 1.05, "top_k": 1}')
+  assert listwise.generation_repetition_penalty(str(tmp_path)) == 1.05
+  assert listwise.generation_repetition_penalty(str(tmp_path / "none")) == 1.0
 
 
 def test_bad_arguments_are_clear(folder, images):

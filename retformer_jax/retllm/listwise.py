@@ -10,32 +10,35 @@ The released code (alivecat05/RETLLM) has two listwise prompts, both a chat [ima
 the generation prompt appended, captions numbered from 1:
 
 - "retrieval", its image->text driver (Codes/main_retrieval_v2.py:117 calls
-  Qwen_fine_reasoner_Retrieval_v2, Codes/Qwen_vl.py:1521-1538):
+  Qwen_fine_reasoner_Retrieval_v2, Codes/Qwen_vl.py:1525-1539):
   "What is in this picture?\\nChoose the most relevant sentence of the image from the following
   options: 1: {c1}, 2: {c2}. You should directly output the answer index, for example: 1."
 - "compare", its SugarCrepe driver (main_eval.py:50-55 calls Qwen_fine_compare with the
-  captions [negative, positive], Codes/Qwen_vl.py:2944-2957):
+  captions [negative, positive], Codes/Qwen_vl.py:2946-2959):
   "What is in the picture\\nChoose the most relevant description from the following options :
   \\n1: {c1}\\n, 2: {c2}\\n. You should directly output the answer index, for example: 1."
 
 There the answer is text: `model.generate`, then the first number of the output's last line,
-kept if it is one of "1".."K" (Qwen_vl.py:1579-1585 and 2992-2998). When it does not parse, the
+kept if it is one of "1".."K" (Qwen_vl.py:1579-1585 and 2998-3002). When it does not parse, the
 image->text driver keeps CLIP's first candidate (main_retrieval_v2.py:121) and SugarCrepe counts
 the item wrong (main_eval.py:53-54), which is what choosing index 0 (the negative) gives.
 
 Ours reads the first answer position: the full-vocabulary softmax of the last prompt position's
 logits, `probs[k]` at the token of index k + 1. `answer="greedy"` (default) takes the greedy
-token over the whole vocabulary, as generate with Qwen2.5-VL's generation config (top_k=1) does,
-decodes it and parses it as the reference parses its text; `answer="argmax"` takes the most
+token over the whole vocabulary (generate's first token, made deterministic), decodes it and
+parses it as the reference parses its text; `answer="argmax"` takes the most
 likely index token (never unparsed). Both need every index to be one token (Qwen splits
 numbers into digits: K <= 9). The difference with the reference's generated text: its answer
 could start with other words ("The answer is 2") or continue with a digit ("12"); ours only
 sees the first token. Unparsed answers give index 0 and parsed=False.
 
-Visual re-injection follows the pair scorer's `injection`: the released module turns it on for
-every call of Qwen_vl.py (Multi_layers_fusion at import, Qwen_vl.py:3084), listwise ones
-included, and the first answer token comes from the prefill forward, where it acts as in the
-pointwise score (trigger at the last position, memory = the input embeddings).
+Visual re-injection follows the pair scorer's `injection`. The released module turns it on at
+import (Multi_layers_fusion(..., vision_retracing_method='adapt'), Qwen_vl.py:3084), so the
+SugarCrepe driver runs with it; drivers may switch it off again: main_retrieval_v2.py:246-255
+(Flickr30k / COCO image->text) passes 'default' (off), main_retrieval_long.py:289-298 and
+main_retrieval_v2_topk.py:263-272 pass 'adapt' (on). The first answer token comes from
+generate's prefill forward, where injection acts as in the pointwise score (trigger at the last
+position, memory = the input embeddings), so the pair scorer's exact rerun applies unchanged.
 
 Same work discipline as PairScorer: its weights, prompter, image processor, vision-feature cache
 and prompt-prefix K/V cache (the prefix is the prompt up to the first caption: system, image,
@@ -49,6 +52,8 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import json
+import os
 import re
 from typing import Callable, Sequence
 
@@ -64,7 +69,7 @@ from retformer_jax.retllm import scorer as scorer_lib
 
 
 def retrieval_text(captions: Sequence[str]) -> str:
-  """The image->text listwise prompt (Qwen_vl.py:1525-1538)."""
+  """The image->text listwise prompt (Qwen_vl.py:1525-1539)."""
   choices = ", ".join(f"{i + 1}: {c}" for i, c in enumerate(captions))
   return ("What is in this picture?" + "\n" +
           f"Choose the most relevant sentence of the image from the following options: "
@@ -72,7 +77,7 @@ def retrieval_text(captions: Sequence[str]) -> str:
 
 
 def compare_text(captions: Sequence[str]) -> str:
-  """The SugarCrepe listwise prompt (Qwen_vl.py:2946-2957): each option ends with a newline."""
+  """The SugarCrepe listwise prompt (Qwen_vl.py:2946-2959): each option ends with a newline."""
   choices = ", ".join(f"{i + 1}: {c}\n" for i, c in enumerate(captions))
   return ("What is in the picture" + "\n" +
           f"Choose the most relevant description from the following options : \n{choices}. "
@@ -91,6 +96,16 @@ def parse_index(text: str, k: int) -> int | None:
   if numbers and numbers[0] in {str(i + 1) for i in range(k)}:
     return int(numbers[0]) - 1
   return None
+
+
+def generation_repetition_penalty(folder: str) -> float:
+  """The repetition_penalty of a checkpoint's generation_config.json (1.0 when it sets none),
+  which `generate` applies in the released code."""
+  file = os.path.join(folder, "generation_config.json")
+  if not os.path.exists(file):
+    return 1.0
+  with open(file) as f:
+    return float(json.load(f).get("repetition_penalty") or 1.0)
 
 
 def listwise_order(index: int, k: int) -> np.ndarray:
