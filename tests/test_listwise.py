@@ -164,6 +164,7 @@ def _one_forward(lw, image, captions, injection):
                     np.float64)
 
 
+@pytest.mark.slow  # every query also run alone and as one full forward
 def test_batched_queries_equal_one_at_a_time_with_injection(folder, images):
   """Mixed queries (two on one image: a shared prefix; different K), re-injection firing."""
   lw = listwise.ListwiseScorer(_pair(folder, FIRES, batch_size=2), answer="argmax")
