@@ -183,9 +183,21 @@ def get_config() -> ml_collections.ConfigDict:
   # RetLLM: CLIP top-K candidates re-scored by Qwen2.5-VL (stage `retllm`).
   c.retllm = ml_collections.ConfigDict()
   c.retllm.model_path = ""  # HF Qwen2.5-VL / Qwen2-VL folder; "" = embedded tiny random model
-  c.retllm.dataset = "flickr30k"  # flickr30k | coco | coco_tfds | demo
-  c.retllm.data_dir = ""  # image folder (Karpathy layout) or TFDS data_dir (coco_tfds)
-  c.retllm.karpathy_json = ""  # dataset_flickr30k.json / dataset_coco.json
+  # flickr30k | coco | coco_tfds | demo | sharegpt4v | urban1k | sugarcrepe | mmeb |
+  # classification; metrics in WORKDIR/retllm/<dataset>/metrics.json
+  c.retllm.dataset = "flickr30k"
+  # The data set's folder as its own instructions leave it (README: RetLLM benchmarks); with
+  # karpathy_json set, the image folder; coco_tfds: the TFDS data_dir.
+  c.retllm.data_dir = ""
+  c.retllm.karpathy_json = ""  # dataset_flickr30k.json / dataset_coco.json ("" = in data_dir)
+  c.retllm.demo_data = False  # data_dir "": write the dataset's demo set under WORKDIR first
+  c.retllm.subsets = ""  # sugarcrepe / mmeb: comma-separated subsets ("" = all of them)
+  c.retllm.sharegpt4v_count = 1000  # first N entries of the share-captioner json
+  c.retllm.i2t_scoring = "pointwise"  # retrieval image->text: pointwise | listwise (pick index)
+  c.retllm.choice_scoring = "both"  # sugarcrepe: pointwise | listwise | both
+  c.retllm.listwise_answer = "greedy"  # listwise: greedy (the reference's answer) | argmax
+  c.retllm.class_source = "list"  # classification: list (data_dir layout) | data (config.data)
+  c.retllm.class_prompt = "clip"  # classification CLIP prompt: clip | reference | '...{name}...'
   c.retllm.split = "test"  # Karpathy / TFDS split holding the 1k (Flickr30k) or 5k (COCO) test
   c.retllm.captions_per_image = 5
   c.retllm.top_k = 5  # CLIP candidates re-scored per query

@@ -2,7 +2,13 @@
 
   python -m retformer_jax.main --config=configs/retllm_demo.py --workdir=/tmp/retllm_demo
 
-Gallery: the first images of the generated demo set's test split, each with its caption.
+Gallery: the first images of the generated demo set's test split, each with its caption
+(metrics in WORKDIR/retllm/demo/). Any benchmark family, on its demo set written in the real
+on-disk layout under WORKDIR/retllm_data/NAME and read back by the real reader:
+
+  python -m retformer_jax.main --config=configs/retllm_demo.py --workdir=/tmp/retllm_demo \
+    --config.retllm.dataset=mmeb   # flickr30k coco sharegpt4v urban1k sugarcrepe mmeb classification
+
 CLIP and Qwen2.5-VL are tiny random models written to WORKDIR/demo_clip and WORKDIR/demo_qwen
 as HuggingFace folders and loaded back through the real loaders, so the recalls show that the
 pipeline runs, not what the method achieves.
@@ -24,6 +30,7 @@ def get_config(arg: str | None = None):
   c.clip.dtype = "float32"
   c.retllm.model_path = ""
   c.retllm.dataset = "demo"
+  c.retllm.demo_data = True  # data_dir "": the benchmark's demo set, written under WORKDIR
   c.retllm.num_images = 40
   c.retllm.num_queries = 24
   c.retllm.top_k = 5

@@ -27,7 +27,7 @@ def _env(**extra):
 
 def _chunk_files(workdir):
   """{path: inode} of every saved chunk."""
-  root = os.path.join(workdir, "retllm", "scores")
+  root = os.path.join(workdir, "retllm", "demo", "scores")
   found = {}
   for folder, _, files in os.walk(root):
     for f in files:
@@ -49,7 +49,7 @@ def _logs(workdir):
 
 
 def _metrics(workdir):
-  with open(os.path.join(workdir, "retllm", "metrics.json")) as f:
+  with open(os.path.join(workdir, "retllm", "demo", "metrics.json")) as f:
     return json.load(f)
 
 
@@ -66,7 +66,7 @@ def test_two_processes_resume_and_match_one(tmp_path):
   before = _chunk_files(multi)
   assert job.returncode == -signal.SIGKILL, "".join(log[-3000:] for log in _logs(multi))
   assert 0 < len(before) < NUM_CHUNKS, f"kill landed after {len(before)} chunks"
-  assert not os.path.exists(os.path.join(multi, "retllm", "metrics.json"))
+  assert not os.path.exists(os.path.join(multi, "retllm", "demo", "metrics.json"))
 
   job = _launch(multi)
   _, err = job.communicate(timeout=300)

@@ -41,7 +41,7 @@ def test_demo_stage_end_to_end_and_rerun(tmp_path, monkeypatch):
   workdir = str(tmp_path)
   stage.run(config, workdir)
   assert len(built) == 1
-  with open(os.path.join(workdir, "retllm", "metrics.json")) as f:
+  with open(os.path.join(workdir, "retllm", "demo", "metrics.json")) as f:
     metrics = json.load(f)
   assert metrics["t2i_queries"] == 4 and metrics["i2t_queries"] == 4
   # Re-ranking moves only the first K entries: R@10 > K is CLIP's.
@@ -88,7 +88,7 @@ def test_demo_stage_end_to_end_and_rerun(tmp_path, monkeypatch):
 
   monkeypatch.setattr(scorer_lib.PairScorer, "from_folder", no_scorer)
   stage.run(config, workdir)
-  with open(os.path.join(workdir, "retllm", "metrics.json")) as f:
+  with open(os.path.join(workdir, "retllm", "demo", "metrics.json")) as f:
     assert json.load(f) == metrics
 
 
@@ -133,9 +133,9 @@ def test_stage_with_a_scorer_that_prefers_the_true_pair_has_recall_100(tmp_path,
                       ("wrong", lambda i, c: gold[c] == (i + 1) % 8)):
     fake = PreferringScorer(data, match)
     monkeypatch.setattr(scorer_lib.PairScorer, "from_folder", lambda *a, fake=fake, **k: fake)
-    shutil.rmtree(os.path.join(workdir, "retllm", "scores"), ignore_errors=True)
+    shutil.rmtree(os.path.join(workdir, "retllm", "demo", "scores"), ignore_errors=True)
     stage.run(config, workdir)
-    with open(os.path.join(workdir, "retllm", "metrics.json")) as f:
+    with open(os.path.join(workdir, "retllm", "demo", "metrics.json")) as f:
       metrics = json.load(f)
     assert fake.pairs == 2 * 8 * 8
     assert metrics["t2i_queries"] == metrics["i2t_queries"] == 8

@@ -17,15 +17,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from typing import Callable, Protocol, Sequence
 
-from absl import logging
 import numpy as np
 
-from retformer_jax import atomic_io, preemption
+from retformer_jax import atomic_io
 from retformer_jax.parallel import hosts
 from retformer_jax.retllm import caption_sets
+from retformer_jax.retllm import chunks
 from retformer_jax.retllm import coarse
 from retformer_jax.retllm import ranking
 
@@ -47,6 +46,7 @@ class Settings:
   num_queries: int = 0  # first N queries per direction (0 = all)
   scorer_identity: str = ""  # everything the scores depend on (model, injection, flooring...)
   cache_order: bool = True  # caption queries grouped by candidate images (see cache_order)
+  i2t_scoring: str = "pointwise"  # pointwise P('True') per caption | listwise (pick the index)
 
 
 def cache_order(cands: np.ndarray) -> np.ndarray:
@@ -61,35 +61,6 @@ def cache_order(cands: np.ndarray) -> np.ndarray:
     raise ValueError(f"cache_order expects candidate lists [queries, k], got shape {cands.shape}.")
   keys = [np.arange(len(cands))] + [cands[:, j] for j in reversed(range(cands.shape[1]))]
   return np.lexsort(keys)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Chunk:
-  number: int
-  queries: np.ndarray  # query ids, in scoring order
-  path: str
-
-
-def _plan(queries: np.ndarray, chunk_size: int, out_dir: str) -> list[_Chunk]:
-  """The chunks of `queries` (already in scoring order). A file's name carries a digest of its
-  queries, so runs that order or limit the queries differently never share a file."""
-  chunks = []
-  for c, start in enumerate(range(0, len(queries), chunk_size)):
-    q = np.ascontiguousarray(queries[start:start + chunk_size], np.int64)
-    digest = hashlib.sha256(q.tobytes()).hexdigest()[:10]
-    name = f"chunk_{start:07d}_{start + len(q):07d}_{digest}.npz"
-    chunks.append(_Chunk(c, q, os.path.join(out_dir, name)))
-  return chunks
-
-
-def _load_chunk(chunk: _Chunk, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(p_true, entropy) of a finished chunk, refusing a file written for other inputs."""
-  with np.load(chunk.path) as z:
-    if np.array_equal(z["queries"], chunk.queries) and np.array_equal(z["candidates"],
-                                                                      cands[chunk.queries]):
-      return z["p_true"], z["entropy"]
-  raise RuntimeError(f"{chunk.path} holds other queries or candidates than this run; "
-                     f"remove {os.path.dirname(os.path.dirname(chunk.path))} to rescore.")
 
 
 def _score_chunk(scorer: Scorer, direction: str, data: caption_sets.CaptionSet,
@@ -125,57 +96,40 @@ def _score_chunk(scorer: Scorer, direction: str, data: caption_sets.CaptionSet,
   return p, e
 
 
-def _score_own_chunks(direction: str, data: caption_sets.CaptionSet, cands: np.ndarray,
-                      chunks: list[_Chunk], get_scorer: Callable[[], Scorer],
-                      process: tuple[int, int]) -> None:
-  """Scores and saves the unfinished chunks that belong to this process (c mod P)."""
-  index, count = process
-  todo = []
-  for ch in chunks:
-    if ch.number % count != index:
-      continue
-    if os.path.isfile(ch.path):
-      _load_chunk(ch, cands)  # finished by an earlier run; refuses a file of other inputs
-    else:
-      todo.append(ch)
-  t0, scored = time.time(), 0
-  for done, ch in enumerate(todo, 1):
-    p, e = _score_chunk(get_scorer(), direction, data, ch.queries, cands[ch.queries])
-    atomic_io.save_npz(ch.path, queries=ch.queries, candidates=cands[ch.queries], p_true=p,
-                       entropy=e)
-    preemption.check(f"RetLLM {direction}, chunk {ch.number + 1} of {len(chunks)} (saved)")
-    scored += len(ch.queries)
-    elapsed = max(time.time() - t0, 1e-9)
-    left = sum(len(c.queries) for c in todo[done:])
-    logging.info("retllm %s [process %d/%d]: chunk %d/%d done, %.1f pairs/s, ETA %.0f s",
-                 direction, index, count, done, len(todo), scored * cands.shape[1] / elapsed,
-                 left * elapsed / scored)
+def _choose_chunk(chooser, data: caption_sets.CaptionSet, queries: np.ndarray,
+                  cands: np.ndarray) -> dict[str, np.ndarray]:
+  """Listwise image->text (retllm.listwise): the MLLM names the matching caption among each
+  query's K. Scores are 1 for the named one and 0 for the others, so the reranked list is the
+  named caption, then the others in CLIP order (listwise.listwise_order); `probs` keeps the
+  index-token probabilities."""
+  index, probs, parsed = choose(chooser, [data.image(q) for q in queries],
+                                [[data.captions[i] for i in row] for row in cands])
+  onehot = np.zeros(cands.shape, np.float32)
+  onehot[np.arange(len(queries)), index] = 1.0
+  return {"p_true": onehot, "entropy": np.zeros(cands.shape, np.float32), "probs": probs,
+          "parsed": parsed}
 
 
-def _read_direction(chunks: list[_Chunk], cands: np.ndarray,
-                    queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """p_true and entropy [Q, k] of `queries` (in their own order) from every chunk's file."""
-  row = {int(q): r for r, q in enumerate(queries)}
-  shape = (len(queries), cands.shape[1])  # k, or the gallery size when smaller
-  p, e = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-  for ch in chunks:
-    if not os.path.isfile(ch.path):
-      raise RuntimeError(f"{ch.path} is missing after every process finished scoring: the "
-                         "process that owns it failed or does not see this folder (WORKDIR "
-                         "must be shared by all hosts); rerun to score it.")
-    rows = [row[int(q)] for q in ch.queries]
-    p[rows], e[rows] = _load_chunk(ch, cands)
-  return p, e
+def choose(chooser, images, caption_lists) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(index [n], probs [n, K], parsed [n]) of a ListwiseScorer's choices, K equal per query."""
+  res = chooser.choose_many(images, caption_lists)
+  n, k = len(images), len(caption_lists[0])
+  return (np.asarray(res.index, np.int64).reshape(n),
+          np.asarray(res.probs, np.float32).reshape(n, -1)[:, :k],
+          np.asarray(res.parsed, bool).reshape(n))
 
 
 def run(data: caption_sets.CaptionSet, encoder: coarse.Encoder,
         make_scorer: Callable[[], Scorer], out_dir: str, settings: Settings,
         *, embed_batch_size: int = 64, process: tuple[int, int] | None = None,
-        barrier: Callable[[str], None] = hosts.barrier) -> dict[str, float] | None:
+        barrier: Callable[[str], None] = hosts.barrier,
+        make_chooser: Callable[[Scorer], object] | None = None) -> dict[str, float] | None:
   """Scores this process's chunks of both directions; process 0 then writes
   OUT_DIR/metrics.json and returns the metrics (other processes return None).
 
   process: (index, count), default this JAX process's; barrier: waits for all processes.
+  settings.i2t_scoring == "listwise": image->text lists are reranked by
+  make_chooser(scorer).choose (retllm.listwise), in their own chunk folder (i2t_listwise).
   """
   index, count = hosts.process() if process is None else process
   k = settings.top_k
@@ -203,22 +157,45 @@ def run(data: caption_sets.CaptionSet, encoder: coarse.Encoder,
   n = settings.num_queries
   q_t2i = np.arange(data.num_captions if n <= 0 else min(n, data.num_captions))
   q_i2t = np.arange(data.num_images if n <= 0 else min(n, data.num_images))
+  listwise = settings.i2t_scoring == "listwise"
+  if settings.i2t_scoring not in ("pointwise", "listwise"):
+    raise ValueError(f"retllm.i2t_scoring {settings.i2t_scoring!r}: use pointwise or listwise.")
+  if listwise and make_chooser is None:
+    raise ValueError("listwise image->text scoring needs make_chooser.")
+  chooser_box: list = []
+
+  def score_fn(direction, cand):
+    def score(ch: chunks.Chunk) -> dict[str, np.ndarray]:
+      if direction == "i2t" and listwise:
+        if not chooser_box:
+          chooser_box.append(make_chooser(get_scorer()))
+        return _choose_chunk(chooser_box[0], data, ch.queries, cand[ch.queries])
+      p, e = _score_chunk(get_scorer(), direction, data, ch.queries, cand[ch.queries])
+      return {"p_true": p, "entropy": e}
+    return score
+
   plans = {}
   for direction, cand, queries in (("t2i", cands.t2i, q_t2i), ("i2t", cands.i2t, q_i2t)):
     order = queries
     if direction == "t2i" and settings.cache_order:
       order = queries[cache_order(cand[queries, :k])]
-    folder = os.path.join(score_dir, direction)
+    folder = os.path.join(score_dir, direction + ("_listwise" if direction == "i2t" and
+                                                  listwise else ""))
     os.makedirs(folder, exist_ok=True)
-    plans[direction] = _plan(order, settings.chunk_size, folder)
-    _score_own_chunks(direction, data, cand[:, :k], plans[direction], get_scorer, (index, count))
+    plans[direction] = chunks.plan(order, settings.chunk_size, folder)
+    chunks.score_own(direction, plans[direction], lambda ch, c=cand[:, :k]: c[ch.queries],
+                     score_fn(direction, cand[:, :k]), (index, count), pairs_per_query=k)
   barrier("retllm-scores")
   if index != 0:
     return None
 
   results = {}
   for direction, cand, queries in (("t2i", cands.t2i, q_t2i), ("i2t", cands.i2t, q_i2t)):
-    p, e = _read_direction(plans[direction], cand[:, :k], queries)
+    got = chunks.read_all(plans[direction], lambda ch, c=cand[:, :k]: c[ch.queries], queries)
+    if len(queries):
+      p, e = got["p_true"], got["entropy"]
+    else:
+      p = e = np.zeros((0, cand[:, :k].shape[1]), np.float32)
     clip_order = cand[queries]
     results[direction] = (clip_order, ranking.rerank(clip_order, p, e))
 

@@ -1,10 +1,18 @@
-"""Stage `retllm`: CLIP candidates re-ranked by Qwen2.5-VL; Recall@1/5/10 both ways.
+"""Stage `retllm`: CLIP candidates re-ranked by Qwen2.5-VL, on every RetLLM benchmark family.
 
-Writes WORKDIR/retllm/metrics.json (keys t2i_r1 ... i2t_r10 and their clip_ twins). Scores
-are kept per chunk of queries under WORKDIR/retllm/scores/, so a rerun resumes and a finished
-run is not recomputed. In a multi-process job each process scores its own chunks on its own
-devices (mesh from config.mesh over jax.local_devices()); process 0 writes the metrics. With config.clip.path == "" / config.retllm.model_path == "" the
-embedded tiny random models are built in WORKDIR/demo_clip / WORKDIR/demo_qwen.
+config.retllm.dataset picks the benchmark (retllm/benchmark_data.py reads it from
+config.retllm.data_dir); the metrics go to WORKDIR/retllm/<dataset>/metrics.json:
+  flickr30k coco coco_tfds demo sharegpt4v urban1k   t2i_r1 ... i2t_r10 and their clip_ twins
+  sugarcrepe                                          acc_<subset>, acc_mean (+ clip_, pointwise_,
+                                                      listwise_)
+  mmeb                                                hit1_<subset>, hit1_<meta task>, hit1_mean
+                                                      (+ clip_)
+  classification                                      top1 [many medium few] (+ clip_)
+Scores are kept per chunk of queries under WORKDIR/retllm/<dataset>/scores/, so a rerun
+resumes and a finished run is not recomputed. In a multi-process job each process scores its
+own chunks on its own devices (mesh from config.mesh over jax.local_devices()); process 0
+writes the metrics. With config.clip.path == "" / config.retllm.model_path == "" the embedded
+tiny random models are built in WORKDIR/demo_clip / WORKDIR/demo_qwen.
 """
 
 from __future__ import annotations
@@ -21,8 +29,11 @@ from retformer_jax.kb import encoder as encoder_lib
 from retformer_jax.parallel import hosts
 from retformer_jax.models import qwen_injection
 from retformer_jax.parallel import mesh as mesh_lib
-from retformer_jax.retllm import caption_sets
+from retformer_jax.retllm import benchmark_data
+from retformer_jax.retllm import choice_eval
+from retformer_jax.retllm import classify_eval
 from retformer_jax.retllm import coarse
+from retformer_jax.retllm import mmeb_eval
 from retformer_jax.retllm import pipeline
 from retformer_jax.retllm import scorer
 
@@ -67,11 +78,30 @@ def scorer_kwargs(rc: ml_collections.ConfigDict) -> dict:
 SPEED_ONLY = ("batch_size", "vision_cache_size", "prefix_cache_bytes")
 
 
+def out_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """WORKDIR/retllm/<dataset>: metrics.json, scores/, clip/."""
+  return os.path.join(workdir, "retllm", config.retllm.dataset)
+
+
+def make_chooser(rc: ml_collections.ConfigDict, template: str):
+  """pair scorer -> ListwiseScorer with `template` ("retrieval" | "compare")."""
+  # Imported on use: only listwise runs need it.
+  from retformer_jax.retllm import listwise
+
+  return lambda pair: listwise.ListwiseScorer(pair, template=template,
+                                              answer=rc.listwise_answer)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   rc = config.retllm
-  data = caption_sets.load(rc, config.data.demo)
-  logging.info("retllm: %s, %d images, %d captions, K=%d", data.name, data.num_images,
-               data.num_captions, rc.top_k)
+  fam = benchmark_data.family(rc.dataset)
+  folder = None
+  if jax.process_index() == 0:  # a demo set (retllm.demo_data) written once
+    folder = benchmark_data.data_dir(config, workdir)
+  hosts.barrier("retllm-demo-data")
+  folder = folder or benchmark_data.data_dir(config, workdir)
+  data = benchmark_data.load(config, folder)
+  logging.info("retllm: %s (%s), K=%d", rc.dataset, fam, rc.top_k)
   encoder_lib.ensure_demo_clip(config, workdir)  # when config.clip.path is ""
   hosts.barrier("retllm-demo-clip")
   encoder = coarse.ClipEncoder(encoder_lib.load_encoder(config, workdir), config.clip.dtype)
@@ -90,13 +120,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   settings = pipeline.Settings(
       top_k=rc.top_k, chunk_size=rc.chunk_size, num_queries=rc.num_queries,
+      i2t_scoring=rc.i2t_scoring,
       scorer_identity=pipeline.scorer_identity(
           [os.path.abspath(model_path), coarse.folder_stamp(model_path), sorted(
               (k, repr(v)) for k, v in kwargs.items()
-              if k not in SPEED_ONLY)]))
-  metrics = pipeline.run(data, encoder, make_scorer, os.path.join(workdir, "retllm"), settings,
-                         embed_batch_size=config.clip.batch_size)
+              if k not in SPEED_ONLY)] + (
+                  [rc.listwise_answer] if rc.i2t_scoring == "listwise" or fam == "choice"
+                  else [])))
+  out = out_dir(config, workdir)
+  common = dict(embed_batch_size=config.clip.batch_size)
+  if fam == "retrieval":
+    metrics = pipeline.run(data, encoder, make_scorer, out, settings,
+                           make_chooser=make_chooser(rc, "retrieval"), **common)
+    table = pipeline.format_table
+  elif fam == "choice":
+    metrics = choice_eval.run(data, encoder, make_scorer, make_chooser(rc, "compare"), out,
+                              settings, scoring=rc.choice_scoring, **common)
+    table = choice_eval.format_table
+  elif fam == "mmeb":
+    metrics = mmeb_eval.run(data, encoder, make_scorer, out, settings, **common)
+    table = mmeb_eval.format_table
+  else:
+    metrics = classify_eval.run(data, encoder, make_scorer, out, settings, **common)
+    table = classify_eval.format_table
   if metrics is None:
     logging.info("retllm: this process's chunks are scored; process 0 writes the metrics.")
   else:
-    logging.info("retllm Recall@k (%%):\n%s", pipeline.format_table(metrics))
+    logging.info("retllm %s (%%) -> %s:\n%s", rc.dataset, os.path.join(out, "metrics.json"),
+                 table(metrics))
