@@ -29,7 +29,9 @@ def check(config, names) -> None:
         f"config.clip.path is empty, which selects the random demo CLIP, but data.name is "
         f"{config.data.name!r}. Get real weights ({CLIP_DOWNLOAD}) and pass "
         "--config.clip.path=~/clip-b16-datacomp.")
-  if "retllm" in names and config.retllm.dataset != "demo":
+  demo_set = config.retllm.dataset == "demo" or (config.retllm.demo_data and
+                                                 not config.retllm.data_dir)
+  if "retllm" in names and not demo_set:  # demo sets (retllm.demo_data) run the demo models
     if not config.retllm.model_path:
       raise errors.ConfigError(
           "config.retllm.model_path is empty, which selects the random demo Qwen2.5-VL, but "
