@@ -504,4 +504,4 @@ def test_retllm_demo_command_as_written(tmp_path):
   """The RetLLM demo command (its stage in-process: tests/test_retllm_stage.py)."""
   [line] = readme_commands("python -m retformer_jax.main --config=configs/retllm_demo.py")
   _run_main(shell_words(line.replace("/tmp/retllm_demo", str(tmp_path))))
-  assert (tmp_path / "retllm" / "metrics.json").is_file()
+  assert (tmp_path / "retllm" / "demo" / "metrics.json").is_file()
