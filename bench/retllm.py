@@ -174,7 +174,7 @@ def _top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
   out = np.zeros((len(queries), k), np.int64)
   for s in range(0, len(queries), 2048):
     sim = queries[s:s + 2048] @ keys.T
-    top = np.argpartition(-sim, k, axis=1)[:, :k]
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
     out[s:s + 2048] = np.take_along_axis(
         top, np.argsort(-np.take_along_axis(sim, top, 1), axis=1), 1)
   return out
