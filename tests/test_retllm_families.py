@@ -57,10 +57,18 @@ def _write(name, tmp_path):
   return retllm_sets.write(name, str(tmp_path / name), SPEC, count=6)
 
 
-def _twice_as_two_processes(run):
-  """Process 1 then process 0 (each scores its chunks; a no-op barrier): process 0's metrics."""
+def _chunk_files(folder):
+  return [f for _, _, files in os.walk(folder) for f in files if f.startswith("chunk_")]
+
+
+def _twice_as_two_processes(run, folder):
+  """Process 1 then process 0 (each scores its own chunks, c mod 2; a no-op barrier): process
+  1 leaves the odd chunks only, process 0 adds the even ones and returns the metrics."""
   assert run((1, 2)) is None
-  return run((0, 2))
+  odd = len(_chunk_files(folder))
+  metrics = run((0, 2))
+  assert 0 < odd == len(_chunk_files(folder)) // 2
+  return metrics
 
 
 def test_sugarcrepe_pointwise_and_listwise(tmp_path, monkeypatch):
@@ -70,13 +78,14 @@ def test_sugarcrepe_pointwise_and_listwise(tmp_path, monkeypatch):
   oracle = Oracle(lambda q, c: c.text in positives)
   monkeypatch.setattr(item_scoring, "score", oracle)
 
-  class Chooser:  # names the positive on even rows, the negative on odd ones
+  named = {p for s in subsets for p in s.positives[:4]}  # rows 0-3 of each subset
+
+  class Chooser:  # shown [negative, positive]: names the positive of rows 0-3 only
     calls = 0
 
     def choose_many(self, images, lists):
       Chooser.calls += len(images)
-      index = np.asarray([1 if len(lists[0][0]) >= 0 and i % 2 == 0 else 0
-                          for i in range(len(images))])
+      index = np.asarray([1 if pos in named else 0 for _, pos in lists])
       return types.SimpleNamespace(index=index, probs=np.full((len(images), 2), 0.5),
                                    parsed=np.ones(len(images), bool))
 
@@ -87,7 +96,7 @@ def test_sugarcrepe_pointwise_and_listwise(tmp_path, monkeypatch):
     assert json.load(f)["acc_mean"] == m["acc_mean"]
   for s in ("add_obj", "swap_att"):
     assert m[f"pointwise_acc_{s}"] == 100.0
-    assert m[f"listwise_acc_{s}"] == 50.0  # chunks of 2 rows: row 0 of each right
+    assert m[f"listwise_acc_{s}"] == pytest.approx(100 * 4 / 6)
     assert m[f"acc_{s}"] == m[f"listwise_acc_{s}"]
     rows = subsets[0 if s == "add_obj" else 1]
     img = [HashEncoder().embed_images([rows.image(r).load_image()])[0] for r in range(6)]
@@ -121,7 +130,7 @@ def test_mmeb_hit1_per_subset_meta_task_and_processes(tmp_path, monkeypatch):
                       barrier=lambda name: None, process=(0, 1))
   two = _twice_as_two_processes(lambda proc: mmeb_eval.run(
       tasks, HashEncoder(), lambda: "scorer", str(tmp_path / "two"), SETTINGS,
-      barrier=lambda name: None, process=proc))
+      barrier=lambda name: None, process=proc), str(tmp_path / "two"))
   assert one == two
   for t in tasks:
     top = mmeb_eval._coarse(HashEncoder(), list(t.queries), *mmeb_eval._flatten(t.candidates),
@@ -145,6 +154,18 @@ def test_mixed_items_are_embedded_as_the_reference_mixes_them(tmp_path):
   unit = lambda x: x / np.linalg.norm(x)  # noqa: E731
   want = 0.8 * unit(enc.embed_images([img])[0]) + 0.2 * unit(enc.embed_texts(["a dog"])[0])
   np.testing.assert_allclose(v[0], want, rtol=1e-6)
+
+
+def test_classification_from_our_labelled_readers(tmp_path):
+  """class_source=data: config.data through data/registry.py, with Many/Medium/Few."""
+  from configs import retllm_demo
+  from retformer_jax.retllm import benchmark_data
+
+  c = retllm_demo.get_config()
+  c.retllm.dataset, c.retllm.class_source = "classification", "data"
+  data = benchmark_data.load(c, "")
+  assert data.name == "demo" and data.buckets is not None and data.num_classes == 20
+  assert data.prompts[0] == f"a photo of a {data.class_names[0]}."
 
 
 def test_classification_top1_with_buckets(tmp_path, monkeypatch):

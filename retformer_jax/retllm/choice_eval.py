@@ -75,6 +75,7 @@ def run(subsets: Sequence[PairChoiceSet], encoder, make_scorer: Callable[[], obj
 
   metrics: dict[str, float] = {}
   clip_dir = os.path.join(out_dir, "clip")
+  first = 0  # chunk numbers run on across subsets and scorings (c mod P over the whole run)
   for data in subsets:
     n = len(data) if settings.num_queries <= 0 else min(settings.num_queries, len(data))
     rows = np.arange(n)
@@ -103,7 +104,8 @@ def run(subsets: Sequence[PairChoiceSet], encoder, make_scorer: Callable[[], obj
       else:
         score = lambda q, d=data: _listwise(get("chooser"), d, q)  # noqa: E731
       got = chunks.run(f"sugarcrepe-{data.subset}-{mode}", rows, digest, score, folder,
-                       settings.chunk_size, process, barrier, pairs_per_query=2)
+                       settings.chunk_size, process, barrier, pairs_per_query=2, first=first)
+      first += chunks.count(n, settings.chunk_size)
       if got is None:
         continue
       correct = (pointwise_correct(got["p_true"], got["entropy"]) if mode == "pointwise"

@@ -28,8 +28,9 @@ class Chunk:
   path: str
 
 
-def plan(queries: np.ndarray, chunk_size: int, out_dir: str) -> list[Chunk]:
-  """The chunks of `queries` (already in scoring order)."""
+def plan(queries: np.ndarray, chunk_size: int, out_dir: str, first: int = 0) -> list[Chunk]:
+  """The chunks of `queries` (already in scoring order), numbered from `first` (a family with
+  several subsets numbers on across them, so that c mod P spreads the work evenly)."""
   if chunk_size < 1:
     raise ValueError(f"retllm.chunk_size must be >= 1, got {chunk_size}.")
   chunks = []
@@ -37,7 +38,7 @@ def plan(queries: np.ndarray, chunk_size: int, out_dir: str) -> list[Chunk]:
     q = np.ascontiguousarray(queries[start:start + chunk_size], np.int64)
     digest = hashlib.sha256(q.tobytes()).hexdigest()[:10]
     name = f"chunk_{start:07d}_{start + len(q):07d}_{digest}.npz"
-    chunks.append(Chunk(c, q, os.path.join(out_dir, name)))
+    chunks.append(Chunk(first + c, q, os.path.join(out_dir, name)))
   return chunks
 
 
@@ -100,20 +101,25 @@ def read_all(chunks: list[Chunk], inputs_of: Callable[[Chunk], np.ndarray],
 def run(label: str, queries: np.ndarray, inputs: np.ndarray,
         score: Callable[[np.ndarray], dict[str, np.ndarray]], folder: str, chunk_size: int,
         process: tuple[int, int], barrier: Callable[[str], None],
-        pairs_per_query: int = 1) -> dict[str, np.ndarray] | None:
+        pairs_per_query: int = 1, first: int = 0) -> dict[str, np.ndarray] | None:
   """Plans `queries` into chunks under `folder`, scores this process's, waits for the others;
   process 0 returns every saved array in the order of `queries` (the others None).
 
   inputs: one row per query id (what its scores depend on, checked on reload);
-  score(query ids) -> arrays with one row per query."""
+  score(query ids) -> arrays with one row per query; first: the first chunk's number."""
   os.makedirs(folder, exist_ok=True)
-  chunks = plan(np.asarray(queries, np.int64), chunk_size, folder)
+  chunks = plan(np.asarray(queries, np.int64), chunk_size, folder, first)
   inputs_of = lambda ch: inputs[ch.queries]  # noqa: E731
   score_own(label, chunks, inputs_of, lambda ch: score(ch.queries), process, pairs_per_query)
   barrier(f"retllm-{label}")
   if process[0] != 0:
     return None
   return read_all(chunks, inputs_of, np.asarray(queries, np.int64))
+
+
+def count(num_queries: int, chunk_size: int) -> int:
+  """How many chunks `plan` cuts num_queries into."""
+  return -(-num_queries // chunk_size)
 
 
 def text_digest(*texts: str) -> int:

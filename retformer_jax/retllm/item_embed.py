@@ -77,3 +77,19 @@ def embed(encoder, items: Sequence[Item], weights: tuple[float, float], *, cache
 def top_k(query_vecs: np.ndarray, candidate_vecs: np.ndarray, k: int) -> np.ndarray:
   """Cosine top-k candidate rows of each query (the exact index), best first: int64 [Q, k']."""
   return similarity.top_k(query_vecs, candidate_vecs, k)[1]
+
+
+def top_k_within(query_vecs: np.ndarray, candidate_vecs: np.ndarray,
+                 lists: Sequence[np.ndarray], k: int) -> np.ndarray:
+  """Exact cosine top-k of each query among its own candidate rows `lists[i]` (MMEB: every
+  query has its own list), best first, ties to the earlier list position: int64 [Q, k] of
+  list positions, -1 past a list's end. One small matmul per query (an index per list would
+  cost more than the search)."""
+  q = similarity.l2_normalise(query_vecs)
+  c = similarity.l2_normalise(candidate_vecs)
+  out = np.full((len(q), k), -1, np.int64)
+  for i, ids in enumerate(lists):
+    sims = c[np.asarray(ids)] @ q[i]
+    top = np.argsort(-sims, kind="stable")[:k]
+    out[i, :len(top)] = top
+  return out

@@ -2,8 +2,8 @@
 list's first entry) ranks first.
 
 Coarse: queries and candidates, any of text / image / both, embedded by retllm.item_embed
-(image + text mixed as the reference's MMEB driver mixes them); each query's top K of its own
-list by cosine through the exact index. Fine: P("True") of each (query, candidate) pair with
+(image + text mixed as the reference's MMEB driver mixes them); each query's exact cosine top
+K within its own list. Fine: P("True") of each (query, candidate) pair with
 the prompt retllm.prompts builds from the parts that exist; the K reranked by (score desc,
 entropy asc, CLIP rank asc) as in the caption pipeline.
 
@@ -48,11 +48,7 @@ def _coarse(encoder, queries, table, lists, k, cache_dir, tag, batch_size) -> np
                        tag=tag + "_queries", batch_size=batch_size)
   c = item_embed.embed(encoder, table, item_embed.CANDIDATE_WEIGHTS, cache_dir=cache_dir,
                        tag=tag + "_candidates", batch_size=batch_size)
-  out = np.full((len(queries), k), -1, np.int64)
-  for i, ids in enumerate(lists):
-    top = item_embed.top_k(q[i:i + 1], c[ids], k)[0]
-    out[i, :len(top)] = top
-  return out
+  return item_embed.top_k_within(q, c, lists, k)
 
 
 def _score(scorer, queries, lists, table, top, rows) -> dict[str, np.ndarray]:
@@ -87,6 +83,7 @@ def run(tasks: Sequence[MMEBTask], encoder, make_scorer: Callable[[], object], o
 
   metrics: dict[str, float] = {}
   clip_dir = os.path.join(out_dir, "clip")
+  first = 0  # chunk numbers run on across subsets (c mod P over the whole run)
   for task in tasks:
     n = len(task) if settings.num_queries <= 0 else min(settings.num_queries, len(task))
     queries = [task.queries[i] for i in range(n)]
@@ -105,7 +102,8 @@ def run(tasks: Sequence[MMEBTask], encoder, make_scorer: Callable[[], object], o
     got = chunks.run(f"mmeb-{task.name}", np.arange(n), inputs,
                      lambda rows: _score(get_scorer(), queries, lists, table, top, rows),
                      os.path.join(out_dir, "scores", key), settings.chunk_size, process,
-                     barrier, pairs_per_query=k)
+                     barrier, pairs_per_query=k, first=first)
+    first += chunks.count(n, settings.chunk_size)
     if got is None:
       continue
     clip_order = np.where(top >= 0, top, np.iinfo(np.int64).max)
