@@ -119,7 +119,7 @@ def _pair(folder, injection=None, **kw):
 
 @pytest.mark.parametrize("kind,k", [("retrieval", 5), ("compare", 2)])
 def test_prompt_ids_and_probs_equal_transformers(folder, images, hf, kind, k):
-  lw = listwise.ListwiseScorer(_pair(folder), template=kind)
+  lw = listwise.ListwiseScorer(_pair(folder), template=kind, max_new_tokens=1)
   image, caps = images[0], CORPUS[:k]
   ids, pixels, grid = _hf_inputs(hf, kind, image, caps)
   patches, our_grid = lw.pair.processor(image)
@@ -139,6 +139,31 @@ def test_prompt_ids_and_probs_equal_transformers(folder, images, hf, kind, k):
   assert res.parsed == (want is not None) and res.index == (want or 0)
   arg = listwise.ListwiseScorer(lw.pair, template=kind, answer="argmax").choose(image, caps)
   assert arg.parsed and arg.index == int(np.argmax(p[index_ids]))
+
+
+def test_greedy_answer_equals_transformers_generate(folder, images, hf):
+  """Decoded answers, several tokens, with HF's repetition penalty: as HF generate (greedy)."""
+  import torch
+
+  tok, _, model = hf
+  stops = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+  lw = listwise.ListwiseScorer(_pair(folder, batch_size=2), template="compare",
+                               max_new_tokens=6, repetition_penalty=1.3)
+  queries = [(1, CORPUS[1:3]), (2, CORPUS[3:5]), (0, CORPUS[0:2])]
+  res = lw.choose_many([images[i] for i, _ in queries], [c for _, c in queries])
+  for q, (i, caps) in enumerate(queries):
+    ids, pixels, grid = _hf_inputs(hf, "compare", images[i], caps)
+    with torch.no_grad():
+      out = model.generate(
+          input_ids=torch.tensor(ids[None]), attention_mask=torch.ones(1, len(ids)),
+          pixel_values=torch.tensor(pixels), image_grid_thw=torch.tensor(grid),
+          mm_token_type_ids=torch.tensor((ids[None] == model.config.image_token_id).astype(int)),
+          do_sample=False, max_new_tokens=6, repetition_penalty=1.3, eos_token_id=stops,
+          pad_token_id=stops[1])
+    new = out[0, len(ids):].tolist()
+    assert res.answer_token[q] == new[0]
+    assert res.answer_text[q] == tok.decode(new, skip_special_tokens=True), q
+  assert lw.stats["decode_steps"] >= 5
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,6 +212,63 @@ def test_batched_queries_equal_one_at_a_time_with_injection(folder, images):
     np.testing.assert_allclose(row.probs, p[lw.index_token_ids(len(c))], rtol=1e-4, atol=0)
   plain = listwise.ListwiseScorer(_pair(folder), answer="argmax").choose(images[0], CORPUS[:3])
   assert np.abs(plain.probs / many.row(0).probs - 1).max() > 1e-4  # injection changed them
+  # Greedy answers decoded with re-injection in every forward: batched as alone.
+  kw = dict(template="compare", max_new_tokens=4)
+  gen = listwise.ListwiseScorer(lw.pair, **kw).choose_many(
+      [images[i] for i, _ in queries], [[CORPUS[j] for j in c] for _, c in queries])
+  for q, (i, c) in enumerate(queries):
+    one = listwise.ListwiseScorer(lone.pair, **kw).choose(images[i], [CORPUS[j] for j in c])
+    assert gen.answer_text[q] == one.answer_text and gen.index[q] == one.index
+
+
+def _reference_decode(lw, image, captions, injection, steps):
+  """generate's way with re-injection, from model pieces: one full forward over the prompt
+  (K/V kept as it leaves them), then one forward per greedy token against them."""
+  import jax.numpy as jnp
+
+  model, v = lw.pair.model, {"params": lw.pair.params}
+  patches, grid = lw.pair.processor(image)
+  ids = lw.prompt_ids(captions, int(grid.prod()) // 4)[None]
+  a = qwen2_5_vl.prepare_inputs(lw.cfg, ids, grid[None], None, injection)
+  feats = model.apply(v, patches, *(a[k] for k in ("perm", "rot_hw", "full_seg", "win_seg",
+                                                   "unperm")), method="image_features")
+  x = model.apply(v, ids, model.apply(v, ids, method="embed"), feats,
+                  method="merge_image_tokens")
+  out = model.apply(v, x, a["positions"], a["attention_mask"], a["last_idx"], collect_kv=True,
+                    injection=injection, memory_bmd=x, memory_mask_bm=a["memory_mask"],
+                    output="last", method="decode")
+  k, vv = out["kv"]
+  mask = jnp.asarray(a["attention_mask"])
+  logits, nxt = [np.asarray(out["logits"][0])], int(a["positions"].max()) + 1
+  for t in range(steps - 1):
+    tok = np.array([[int(np.argmax(logits[-1]))]])
+    xt = model.apply(v, tok, method="embed")
+    one = np.ones((1, 1), bool)
+    o = model.apply(v, xt, np.full((3, 1, 1), nxt + t), one, np.zeros(1, np.int32),
+                    prefix_kv=(k, vv), prefix_mask_bp=mask, collect_kv=True, injection=injection,
+                    memory_bmd=xt, memory_mask_bm=one, output="last", method="decode")
+    k, vv = jnp.concatenate([k, o["kv"][0]], 2), jnp.concatenate([vv, o["kv"][1]], 2)
+    mask = jnp.concatenate([mask, jnp.asarray(one)], 1)
+    logits.append(np.asarray(o["logits"][0]))
+  return logits
+
+
+@pytest.mark.slow  # decoding with re-injection against a from-pieces reference
+def test_decoded_answer_with_reinjection_equals_reference(folder, images):
+  """The K/V later tokens attend to are the prompt's as its re-injected forward left them."""
+  lw = listwise.ListwiseScorer(_pair(folder, FIRES, batch_size=2), template="compare",
+                               max_new_tokens=3)
+  got = []
+  pick = lw._pick
+  lw._pick = lambda lg, seen: (got.append(np.array(lg, np.float64)), pick(lg, seen))[1]
+  lw.choose_many([images[1], images[2]], [CORPUS[1:3], CORPUS[3:5]])
+  assert len(got) == 6  # two rows, three tokens each (the random model never stops early)
+  for q, (i, caps) in enumerate([(1, CORPUS[1:3]), (2, CORPUS[3:5])]):
+    want = _reference_decode(lw, images[i], caps, FIRES, 3)
+    for t in range(3):
+      ours = got[2 * t + q]
+      np.testing.assert_allclose(ours, want[t], atol=1e-4 * np.abs(want[t]).max(), rtol=0,
+                                 err_msg=f"query {q}, token {t}")
 
 
 def test_answer_reading_and_fallback(folder):
@@ -202,28 +284,36 @@ def test_answer_reading_and_fallback(folder):
   assert listwise.parse_index("True", 5) is None
   np.testing.assert_array_equal(listwise.listwise_order(2, 4), [2, 0, 1, 3])
   ids = lw.index_token_ids(3)
-  V = lw.cfg.text.vocab_size
-  lg = np.zeros((3, V), np.float32)
-  lg[0, ids[2]] = 5.0  # greedy token "3"
-  lg[1, lw.prompter.true_id] = 5.0  # greedy token not an index: unparsed, falls back to 0
-  lg[1, ids[1]] = 4.0
-  lg[2, ids[0]] = 5.0  # "1" with a single candidate
-  prompts = [np.array([ids[2]])] * 3
-  res = lw._read(list(lg), np.full(3, -1), [3, 3, 1], ids, prompts)
-  np.testing.assert_array_equal(res.index, [2, 0, 0])
-  np.testing.assert_array_equal(res.parsed, [True, False, True])
-  np.testing.assert_array_equal(res.answer_token, [ids[2], lw.prompter.true_id, ids[0]])
-  arg = listwise.ListwiseScorer(lw.pair, answer="argmax")._read(list(lg), np.full(3, -1),
-                                                                 [3, 3, 1], ids, prompts)
-  np.testing.assert_array_equal(arg.index, [2, 1, 0])
+  tok = lw.prompter.tokenizer
+  end = tok.convert_tokens_to_ids("<|im_end|>")
+  word = tok("fox", add_special_tokens=False)["input_ids"]
+  lg = np.zeros((4, lw.cfg.text.vocab_size), np.float32)
+  lg[:, ids[1]] = 4.0  # the most likely index token everywhere: "2"
+  answers = [[ids[2], end], word + [ids[0], end], [end], [ids[0], ids[1], end]]
+  res = lw._read(list(lg), np.full(4, -1), [3, 3, 3, 3], ids, answers)
+  np.testing.assert_array_equal(res.index, [2, 0, 0, 0])  # "3"; "fox1"; ""; "12": no index
+  np.testing.assert_array_equal(res.parsed, [True, True, False, False])
+  assert list(res.answer_text) == ["3", "fox1", "", "12"]
+  np.testing.assert_array_equal(res.answer_token, [ids[2], word[0], end, ids[0]])
+  arg = listwise.ListwiseScorer(lw.pair, answer="argmax")._read(list(lg), np.full(4, -1),
+                                                                 [3, 3, 3, 1], ids, [None] * 4)
+  np.testing.assert_array_equal(arg.index, [1, 1, 1, 0])
   assert arg.parsed.all()
-  # HF's repetition penalty on prompt tokens: the prompt's "3" (logit 5 -> 2.5) loses to "1".
-  lg[0, ids[0]] = 3.0
-  pen = listwise.ListwiseScorer(lw.pair, repetition_penalty=2.0)._read(
-      list(lg[:1]), np.full(1, -1), [3], ids, prompts[:1])
-  assert pen.index[0] == 0 and pen.answer_token[0] == ids[0]
-  p = np.exp(lg[0] - lg[0].max())  # probs stay the unpenalised softmax
-  np.testing.assert_allclose(pen.probs[0], (p / p.sum())[ids], rtol=1e-6)
+  stop = np.zeros((2, lw.cfg.text.vocab_size), np.float32)
+  stop[0, end] = stop[1, tok.convert_tokens_to_ids("<|endoftext|>")] = 1.0
+  # An end token first: no decode step (there is no K/V to run one against here).
+  assert lw._generate(stop, None, [0, 0], [ids[:1]] * 2) == [[end], [int(np.argmax(stop[1]))]]
+  p = np.exp(lg[0] - lg[0].max())  # probs: the plain full-vocabulary softmax
+  np.testing.assert_allclose(res.probs[0], (p / p.sum())[ids], rtol=1e-6)
+  # HF's repetition penalty on tokens already in the sequence: "3" (5 -> 2.5) loses to "1" (3).
+  row = np.zeros(lw.cfg.text.vocab_size, np.float32)
+  row[ids[2]], row[ids[0]], row[end] = 5.0, 3.0, -1.0
+  pen = listwise.ListwiseScorer(lw.pair, repetition_penalty=2.0)
+  assert lw._pick(row, np.array([ids[2]])) == ids[2]
+  assert pen._pick(row, np.array([ids[2], ids[2]])) == ids[0]
+  row[:] = -3.0
+  row[ids[0]] = -4.0  # negative logits are multiplied: the seen ones fall below it
+  assert pen._pick(row, np.setdiff1d(np.arange(len(row)), [ids[0]])) == ids[0]
 
 
 def test_generation_repetition_penalty(folder, tmp_path):

@@ -23,14 +23,17 @@ kept if it is one of "1".."K" (Qwen_vl.py:1579-1585 and 2998-3002). When it does
 image->text driver keeps CLIP's first candidate (main_retrieval_v2.py:121) and SugarCrepe counts
 the item wrong (main_eval.py:53-54), which is what choosing index 0 (the negative) gives.
 
-Ours reads the first answer position: the full-vocabulary softmax of the last prompt position's
-logits, `probs[k]` at the token of index k + 1. `answer="greedy"` (default) takes the greedy
-token over the whole vocabulary (generate's first token, made deterministic), decodes it and
-parses it as the reference parses its text; `answer="argmax"` takes the most
-likely index token (never unparsed). Both need every index to be one token (Qwen splits
-numbers into digits: K <= 9). The difference with the reference's generated text: its answer
-could start with other words ("The answer is 2") or continue with a digit ("12"); ours only
-sees the first token. Unparsed answers give index 0 and parsed=False.
+Ours is deterministic. `probs[k]` is the full-vocabulary softmax of the last prompt position's
+logits at the token of index k + 1 (each index must be one token: Qwen splits numbers into
+digits, so K <= 9). `answer="greedy"` (default) decodes greedily (generate with do_sample off)
+until <|im_end|> / <|endoftext|> or `max_new_tokens` (the reference's: 77 for "retrieval",
+Qwen_vl.py:1568-1571; generate's default 20 for "compare"), each further token one cached
+forward as in generate, and parses the text as the reference does; `max_new_tokens=1` reads
+the first token only. `answer="argmax"` takes the most likely index token at the first answer
+position (never unparsed). The reference's generate follows the checkpoint's
+generation_config.json: where that samples, ours takes the most likely token instead; its
+`repetition_penalty` (HF semantics) is an option here (`generation_repetition_penalty` reads
+it). Unparsed answers give index 0 and parsed=False.
 
 Visual re-injection follows the pair scorer's `injection`. The released module turns it on at
 import (Multi_layers_fusion(..., vision_retracing_method='adapt'), Qwen_vl.py:3084), so the
@@ -38,7 +41,9 @@ SugarCrepe driver runs with it; drivers may switch it off again: main_retrieval_
 (Flickr30k / COCO image->text) passes 'default' (off), main_retrieval_long.py:289-298 and
 main_retrieval_v2_topk.py:263-272 pass 'adapt' (on). The first answer token comes from
 generate's prefill forward, where injection acts as in the pointwise score (trigger at the last
-position, memory = the input embeddings), so the pair scorer's exact rerun applies unchanged.
+position, memory = the input embeddings), so the pair scorer's exact rerun applies unchanged;
+each later token is a forward of its own there (the trigger watches that token, an armed
+layer's memory is that token's embedding, the prompt's K/V are the prefill's), and here too.
 
 Same work discipline as PairScorer: its weights, prompter, image processor, vision-feature cache
 and prompt-prefix K/V cache (the prefix is the prompt up to the first caption: system, image,
@@ -120,29 +125,35 @@ class ListwiseResult:
   index: np.ndarray | int  # chosen candidate, 0-based; 0 when the answer did not parse
   probs: np.ndarray  # full-vocabulary softmax of the first answer position at tokens "1".."K"
   parsed: np.ndarray | bool  # the answer named a candidate
-  answer_token: np.ndarray | int  # the greedy token over the whole vocabulary
-  entropy: np.ndarray | float  # entropy of that full-vocabulary softmax
-  armed_layer: np.ndarray | int  # the re-injected layer (-1: none / injection off)
+  answer_token: np.ndarray | int  # the answer's first token
+  answer_text: np.ndarray | str  # the decoded answer (special tokens skipped), as parsed
+  entropy: np.ndarray | float  # entropy of the first answer position's full softmax
+  armed_layer: np.ndarray | int  # the prompt forward's re-injected layer (-1: none / off)
 
   def row(self, i: int) -> "ListwiseResult":
     k = int(np.sum(~np.isnan(self.probs[i])))
     return ListwiseResult(index=int(self.index[i]), probs=self.probs[i, :k].copy(),
                           parsed=bool(self.parsed[i]), answer_token=int(self.answer_token[i]),
-                          entropy=float(self.entropy[i]), armed_layer=int(self.armed_layer[i]))
+                          answer_text=str(self.answer_text[i]), entropy=float(self.entropy[i]),
+                          armed_layer=int(self.armed_layer[i]))
 
 
 class ListwiseScorer:
   """Listwise choice among K captions for an image; see the module docstring.
 
   template: "retrieval" (image->text driver), "compare" (SugarCrepe) or a function captions ->
-  user text. answer: "greedy" (the reference's generated answer, first token) or "argmax" (the
-  most likely index token). repetition_penalty: applied, as HF generate does, to the logits of
-  tokens present in the prompt before the greedy pick (1.0: none); it changes neither probs nor
-  the argmax among index tokens (every index token is in the prompt).
+  user text. answer: "greedy" (the reference's generated answer, decoded greedily) or "argmax"
+  (the most likely index token at the first answer position). max_new_tokens: greedy answer
+  length bound (None: the reference's, 77 for "retrieval", 20 otherwise, generate's default;
+  decoding stops at <|im_end|> / <|endoftext|>; 1: the first token only, no decode step).
+  repetition_penalty: applied, as HF generate does, to the logits of tokens already in the
+  sequence before each greedy pick (1.0: none); probs are never penalised.
   """
 
   def __init__(self, pair_scorer: scorer_lib.PairScorer, *, template="retrieval",
-               answer: str = "greedy", repetition_penalty: float = 1.0):
+               answer: str = "greedy", max_new_tokens: int | None = None,
+               repetition_penalty: float = 1.0):
+    name = template if isinstance(template, str) else None
     if isinstance(template, str):
       if template not in TEMPLATES:
         raise ValueError(f"template={template!r}: use one of {sorted(TEMPLATES)} or a function "
@@ -152,15 +163,27 @@ class ListwiseScorer:
       raise ValueError(f"answer={answer!r}: use one of {ANSWERS}.")
     if repetition_penalty <= 0:
       raise ValueError(f"repetition_penalty={repetition_penalty} must be > 0 (1.0: none).")
+    if max_new_tokens is None:
+      max_new_tokens = _MAX_NEW_TOKENS.get(name, 20)
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
     self.pair = pair_scorer
     self.template = template
     self.answer = answer
+    self.max_new_tokens = int(max_new_tokens)
     self.repetition_penalty = float(repetition_penalty)
     self.prompter = pair_scorer.prompter
     self.cfg = pair_scorer.cfg
+    tok = self.prompter.tokenizer
+    self._eos = {int(i) for i in (tok.convert_tokens_to_ids(t) for t in _EOS)
+                 if i is not None and i != getattr(tok, "unk_token_id", None)}
     self._index_ids: list[int] = []
     self._heads: dict[int, np.ndarray] = {}  # K -> prompt head with one image token
     self.stats: collections.Counter = collections.Counter()
+
+  @property
+  def _decodes(self) -> bool:
+    return self.answer == "greedy" and self.max_new_tokens > 1
 
   # ------------------------------------------------------------------ prompts
   def prompt_text(self, captions: Sequence[str]) -> str:
@@ -223,7 +246,8 @@ class ListwiseScorer:
       pkey = (keys[q], hashlib.sha1(full[q][0][:cut].tobytes()).hexdigest())
       groups.setdefault(pkey, []).append(q)
       cuts[pkey] = cut
-    logits_rows: dict[int, np.ndarray] = {}
+    first: dict[int, np.ndarray] = {}
+    answers: dict[int, list[int]] = {}
     armed = np.full(n, -1, np.int64)
     order = list(groups)
     for start in range(0, len(order), sc.batch_size):
@@ -236,22 +260,69 @@ class ListwiseScorer:
                for pk in window}
       for r in range(0, len(rows), sc.batch_size):
         part = rows[r:r + sc.batch_size]
-        lg, a = self._extend(entries, [g for g, _ in part],
-                             [scorer_lib._slice(full[q], cuts[window[g]], None) for g, q in part],
-                             [feats[window[g]] for g, _ in part])
-        for (_, q), row, layer in zip(part, lg, a):
-          logits_rows[q], armed[q] = row, layer
+        qs = [q for _, q in part]
+        lg, a, kv = self._extend(entries, [g for g, _ in part],
+                                 [scorer_lib._slice(full[q], cuts[window[g]], None)
+                                  for g, q in part],
+                                 [feats[window[g]] for g, _ in part])
+        if self.answer == "greedy":
+          seqs = self._generate(lg, kv, [int(full[q][2].max()) + 1 for q in qs],
+                                [full[q][0] for q in qs])
+          answers.update(zip(qs, seqs))
+        for q, row, layer in zip(qs, lg, a):
+          first[q], armed[q] = row, layer
     self.stats["queries"] += n
-    return self._read([logits_rows[q] for q in range(n)], armed, ks, index_ids,
-                      [full[q][0] for q in range(n)])
+    return self._read([first[q] for q in range(n)], armed, ks, index_ids,
+                      [answers.get(q) for q in range(n)])
 
   # ------------------------------------------------------------------ internals
-  def _read(self, logits, armed, ks, index_ids, prompts) -> ListwiseResult:
-    """Index-token probabilities, entropy and the answer of every query from its logits."""
+  def _pick(self, logits: np.ndarray, seen: np.ndarray) -> int:
+    """The greedy token, after HF's repetition penalty on the tokens already in the sequence."""
+    if self.repetition_penalty != 1.0:
+      seen = np.unique(seen)
+      logits = np.array(logits, np.float32)
+      logits[seen] = np.where(logits[seen] < 0, logits[seen] * self.repetition_penalty,
+                              logits[seen] / self.repetition_penalty)
+    return int(np.argmax(logits))
+
+  def _generate(self, logits, kv, next_pos, prompts) -> list[list[int]]:
+    """Greedy answers of a batch of rows from their first-position logits, one decode step
+    per further token against the prompt's K/V, until an end token or max_new_tokens."""
+    n, G = len(prompts), self.max_new_tokens
+    seqs: list[list[int]] = [[] for _ in range(n)]
+    done = np.zeros(n, bool)
+    state = None
+    for t in range(G):
+      for i in np.flatnonzero(~done):
+        tok = self._pick(logits[i], np.concatenate([prompts[i], np.asarray(seqs[i], np.int64)]))
+        seqs[i].append(tok)
+        done[i] = tok in self._eos
+      if done.all() or t == G - 1:
+        break
+      sc = self.pair
+      B = kv["mask"].shape[0]
+      ids, pos = np.zeros(B, np.int32), np.zeros((3, B, 1), np.int32)
+      ids[:n] = [s[-1] for s in seqs]
+      pos[:, :n, 0] = np.asarray(next_pos) + t
+      if state is None:
+        L, _, _, H, D = kv["k"].shape
+        state = (jnp.zeros((L, B, G, H, D), kv["k"].dtype),
+                 jnp.zeros((L, B, G, H, D), kv["v"].dtype), jnp.zeros((B, G), bool))
+      out = self._run("step", sc.params, kv, state, sc._on_data(ids),
+                      sc._on_data(pos, axis=1), jnp.int32(t))
+      logits, state = np.asarray(out[0], np.float32)[:n], out[1:]
+      self.stats["decode_steps"] += 1
+      self.stats["decode_rows"] += int((~done).sum())
+    return seqs
+
+  def _read(self, logits, armed, ks, index_ids, answers) -> ListwiseResult:
+    """Index-token probabilities, entropy and the parsed answer of every query."""
     n, kmax = len(logits), max(ks)
     probs = np.full((n, kmax), np.nan)
     index, tokens = np.zeros(n, np.int64), np.zeros(n, np.int64)
     parsed, entropy = np.zeros(n, bool), np.zeros(n)
+    texts = np.empty(n, object)
+    tok = self.prompter.tokenizer
     for q, lg in enumerate(logits):
       lg = np.asarray(lg, np.float64)
       p = np.exp(lg - lg.max())
@@ -261,19 +332,16 @@ class ListwiseScorer:
       if self.answer == "argmax":
         index[q], parsed[q] = int(np.argmax(probs[q, :ks[q]])), True
         tokens[q] = index_ids[index[q]]
+        texts[q] = str(index[q] + 1)
         continue
-      if self.repetition_penalty != 1.0:
-        seen = np.unique(prompts[q])
-        lg = lg.copy()
-        lg[seen] = np.where(lg[seen] < 0, lg[seen] * self.repetition_penalty,
-                            lg[seen] / self.repetition_penalty)
-      tokens[q] = int(np.argmax(lg))
-      pick = parse_index(self.prompter.tokenizer.decode([int(tokens[q])]), ks[q])
+      tokens[q] = answers[q][0]
+      texts[q] = tok.decode(answers[q], skip_special_tokens=True)
+      pick = parse_index(texts[q], ks[q])
       parsed[q] = pick is not None
       index[q] = pick if pick is not None else 0
     self.stats["unparsed"] += int(n - parsed.sum())
     return ListwiseResult(index=index, probs=probs, parsed=parsed, answer_token=tokens,
-                          entropy=entropy, armed_layer=armed)
+                          answer_text=texts, entropy=entropy, armed_layer=armed)
 
   def _arrays(self, captions, grid):
     """(ids [T], feature index [T] (-1: text), rotary positions [3, T]) of one query."""
@@ -298,8 +366,9 @@ class ListwiseScorer:
     return min(scorer_lib._common_len([ids, head]), len(ids) - 1)
 
   def _extend(self, entries, groups, suffixes, feats_list):
-    """Last-position logits [n, V] of suffix rows against their prefixes, re-injected rows
-    rerun from their armed layer; and the armed layers."""
+    """Last-position logits [n, V] of suffix rows against their prefixes (re-injected rows rerun
+    from their armed layer), the armed layers, and (when answers are decoded) the K/V of every
+    row's whole prompt as that forward left it: {k, v: [L, B, P + S, ...], mask [B, P + S]}."""
     sc = self.pair
     n = len(suffixes)
     B = sc._batch(1 << (n - 1).bit_length())
@@ -309,17 +378,26 @@ class ListwiseScorer:
     last, rows = np.zeros(B, np.int32), np.zeros(B, np.int32)
     last[:n] = [len(a[0]) - 1 for a in suffixes]
     rows[:n] = groups
-    lg, a, hid = self._run("extend", sc.params, cache, sc._on_data(rows), ids, frows, fidx, pos,
-                           mask, sc._on_data(last))
+    rows = sc._on_data(rows)
+    lg, a, hid, kv = self._run("extend", sc.params, cache, rows, ids, frows, fidx, pos, mask,
+                               sc._on_data(last))
     lg, a = np.array(lg, np.float32)[:n], np.asarray(a)[:n]
     self.stats["suffix_tokens"] += sum(len(x[0]) for x in suffixes)
     self.stats["extend_rows"] += n
+    if kv is not None:
+      kv = {"k": jnp.concatenate([cache["k"][:, rows], kv[0]], 2),
+            "v": jnp.concatenate([cache["v"][:, rows], kv[1]], 2),
+            "mask": jnp.concatenate([cache["mask"][rows], jnp.asarray(mask, bool)], 1)}
     for layer in sorted(set(a[a >= 0].tolist())):
       sel = np.flatnonzero(a == layer)
-      lg[sel] = self._reinject(cache, layer, hid, sel, [groups[i] for i in sel],
-                               [suffixes[i] for i in sel], [feats_list[i] for i in sel], S)
+      lg[sel], rkv = self._reinject(cache, layer, hid, sel, [groups[i] for i in sel],
+                                    [suffixes[i] for i in sel], [feats_list[i] for i in sel], S)
+      if kv is not None:  # layers [layer, L) of these rows as the re-injected forward left them
+        at = jnp.asarray(sel)
+        kv["k"] = kv["k"].at[layer:, at].set(rkv[0][:, :len(sel)])
+        kv["v"] = kv["v"].at[layer:, at].set(rkv[1][:, :len(sel)])
       self.stats["reinject_rows"] += len(sel)
-    return lg, a
+    return lg, a, kv
 
   def _reinject(self, cache, layer, hid, sel, groups, suffixes, feats_list, S):
     sc = self.pair
@@ -331,18 +409,20 @@ class ListwiseScorer:
     rows[:n] = groups
     take[:n] = sel
     h = hid[layer - sc.armable.start][jnp.asarray(take)]
-    lg = self._run("reinject", sc.params, layer, cache, sc._on_data(rows), h, ids, frows, fidx,
-                   pos, mask, sc._on_data(last))
-    return np.asarray(lg, np.float32)[:n]
+    lg, kv = self._run("reinject", sc.params, layer, cache, sc._on_data(rows), h, ids, frows,
+                       fidx, pos, mask, sc._on_data(last))
+    return np.asarray(lg, np.float32)[:n], kv
 
   def _run(self, name: str, *args):
     sc = self.pair
     key = (sc.mesh, sc.axis_rules)
     armable = (sc.armable.start, sc.armable.stop)
     if name == "extend":
-      fn = _extend_fn(sc.model, sc.injection, armable, *key)
+      fn = _extend_fn(sc.model, sc.injection, armable, self._decodes, *key)
+    elif name == "step":
+      fn = _step_fn(sc.model, sc.injection, *key)
     else:
-      fn = _reinject_fn(sc.model, sc.injection, args[1], armable, *key)
+      fn = _reinject_fn(sc.model, sc.injection, args[1], armable, self._decodes, *key)
       args = args[:1] + args[2:]
     if sc.mesh is None:
       return fn(*args)
@@ -350,10 +430,15 @@ class ListwiseScorer:
       return fn(*args)
 
 
-# Jitted steps as the pair scorer's, returning the last position's logits (every token is read).
+_MAX_NEW_TOKENS = {"retrieval": 77, "compare": 20}  # Qwen_vl.py:1568-1571; generate's default
+_EOS = ("<|im_end|>", "<|endoftext|>")  # Qwen2.5-VL's generation_config eos_token_id
+
+
+# Jitted steps as the pair scorer's, returning the last position's logits (every token is read)
+# and, when answers are decoded, the K/V the forward computed.
 @functools.lru_cache(maxsize=16)
-def _extend_fn(model: QwenVL, inj: InjectionConfig | None, armable: tuple[int, int], mesh,
-               axis_rules):
+def _extend_fn(model: QwenVL, inj: InjectionConfig | None, armable: tuple[int, int],
+               collect_kv: bool, mesh, axis_rules):
   lo, hi = armable
 
   def extend(params, cache, rows, ids, frows, fidx, pos, mask, last):
@@ -361,15 +446,16 @@ def _extend_fn(model: QwenVL, inj: InjectionConfig | None, armable: tuple[int, i
     kv = (cache["k"][:, rows], cache["v"][:, rows])
     out = model.apply({"params": params}, x, pos, mask, last, prefix_kv=kv,
                       prefix_mask_bp=cache["mask"][rows], injection=inj, trigger_only=True,
-                      collect_hidden=hi > lo, output="last", method="decode")
+                      collect_hidden=hi > lo, collect_kv=collect_kv, output="last",
+                      method="decode")
     hid = out["hiddens"][lo:hi] if hi > lo else None
-    return out["logits"], out["arm_state"].armed_layer, hid
+    return out["logits"], out["arm_state"].armed_layer, hid, out["kv"]
   return jax.jit(extend)
 
 
 @functools.lru_cache(maxsize=64)
 def _reinject_fn(model: QwenVL, inj: InjectionConfig, layer: int, armable: tuple[int, int],
-                 mesh, axis_rules):
+                 collect_kv: bool, mesh, axis_rules):
   img_id = model.cfg.image_token_id
   at = layer - armable[0]
 
@@ -389,6 +475,30 @@ def _reinject_fn(model: QwenVL, inj: InjectionConfig, layer: int, armable: tuple
         jnp.concatenate([cache["pos"][:, rows], pos], 2), full_mask, last + pmask.shape[1],
         start=layer, injection=inj, arm_state=state,
         memory_bmd=jnp.concatenate([cache["embeds"][rows], x], 1), memory_mask_bm=mem_mask,
-        output="last", method="decode")
-    return out["logits"]
+        collect_kv=collect_kv, output="last", method="decode")
+    return out["logits"], out["kv"]
   return jax.jit(reinject)
+
+
+@functools.lru_cache(maxsize=16)
+def _step_fn(model: QwenVL, inj: InjectionConfig | None, mesh, axis_rules):
+  """One generated token per row against the prompt's K/V and the tokens generated before it
+  (slots < t of a [L, B, G] buffer). As generate's cached forward: a forward of its own, so
+  the trigger watches this token and an armed layer's memory is this token's embedding."""
+
+  def step(params, kv, state, ids, pos, t):
+    gk, gv, gmask = state
+    x = model.apply({"params": params}, ids[:, None], method="embed")
+    one = jnp.ones(ids.shape + (1,), bool)
+    out = model.apply({"params": params}, x, pos, one, jnp.zeros(ids.shape, jnp.int32),
+                      prefix_kv=(jnp.concatenate([kv["k"], gk], 2),
+                                 jnp.concatenate([kv["v"], gv], 2)),
+                      prefix_mask_bp=jnp.concatenate([kv["mask"], gmask], 1), injection=inj,
+                      memory_bmd=x, memory_mask_bm=one, collect_kv=True, output="last",
+                      method="decode")
+    nk, nv = out["kv"]
+    gk = jax.lax.dynamic_update_slice_in_dim(gk, nk.astype(gk.dtype), t, axis=2)
+    gv = jax.lax.dynamic_update_slice_in_dim(gv, nv.astype(gv.dtype), t, axis=2)
+    gmask = jax.lax.dynamic_update_slice_in_dim(gmask, one, t, axis=1)
+    return out["logits"], gk, gv, gmask
+  return jax.jit(step)
