@@ -37,8 +37,9 @@ def rescore(q_md: np.ndarray, ids: np.ndarray, vectors: np.ndarray, batch: int =
   for lo in range(0, m, batch):
     i = ids[lo:lo + batch]
     uniq, inv = np.unique(np.where(i >= 0, i, 0), return_inverse=True)
-    rows = np.zeros((batch * c, d), vectors.dtype)  # fixed shapes: one compilation per depth
-    rows[:len(uniq)] = vectors[uniq]
+    # Fixed shapes (one compilation per depth); rows past len(uniq) are never indexed.
+    rows = np.empty((batch * c, d), vectors.dtype)
+    np.take(vectors, uniq, axis=0, out=rows[:len(uniq)])
     inv_mc = np.zeros((batch, c), np.int32)
     inv_mc[:len(i)] = inv.reshape(i.shape)
     q_pad = np.zeros((batch, d), np.float32)
