@@ -9,6 +9,11 @@ From TFDS instead of the Karpathy JSON: --config.retllm.dataset=coco_tfds
 --config.retllm.data_dir=TFDS_DATA_DIR (coco_captions/2014 prepared as array_record; its `test`
 split is Karpathy's 5k test).
 
+Or, with the json beside the images (the data set's folder as downloaded):
+--config.retllm.data_dir=/data/coco holding dataset_coco.json and val2014/
+Metrics: DIR/retllm/coco/metrics.json; --config.retllm.i2t_scoring=listwise for the
+released driver's "pick the index" image->text variant.
+
 `get_config("runlocal")` scores only the first queries (a smoke run of the real setup).
 """
 

@@ -5,6 +5,11 @@
     --config.retllm.karpathy_json=/data/dataset_flickr30k.json \
     --config.retllm.data_dir=/data/flickr30k-images
 
+Or, with the json beside the images (the data set's folder as downloaded):
+--config.retllm.data_dir=/data/flickr30k holding dataset_flickr30k.json and flickr30k-images/
+Metrics: DIR/retllm/flickr30k/metrics.json; --config.retllm.i2t_scoring=listwise for the
+released driver's "pick the index" image->text variant.
+
 `get_config("runlocal")` scores only the first queries (a smoke run of the real setup).
 """
 

@@ -13,7 +13,6 @@ import pytest
 
 import main_in_process
 from retformer_jax.retllm import benchmarks
-from retformer_jax.retllm.benchmarks import mmeb
 from retformer_jax.demo import retllm_sets
 
 SMALL = ("--config=configs/retllm_demo.py", "--config.retllm.num_images=8",
@@ -44,9 +43,15 @@ def _in_range(metrics, keys):
     assert 0.0 <= metrics[k] <= 100.0, k
 
 
+# MMEB in the fast tier: a VQA subset (image + text query, text candidates) and a grounding one
+# (two images per prompt); every meta-task's keys: tests/test_retllm_families.py.
+MMEB_FAST = ("OK-VQA", "MSCOCO")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_demo_benchmark_through_main(monkeypatch, capsys, workdir, name):
-  metrics = _run(monkeypatch, capsys, workdir, name)
+  extra = ["--config.retllm.subsets=" + ",".join(MMEB_FAST)] if name == "mmeb" else []
+  metrics = _run(monkeypatch, capsys, workdir, name, *extra)
   folder = os.path.join(workdir, "retllm_data", name)
   assert os.path.isfile(os.path.join(folder, retllm_sets.STAMP))  # the real layout, written
   if name in ("flickr30k", "coco", "sharegpt4v", "urban1k"):
@@ -60,46 +65,51 @@ def test_demo_benchmark_through_main(monkeypatch, capsys, workdir, name):
     assert metrics["acc_mean"] == metrics["listwise_acc_mean"]  # the reference's scoring
     assert metrics["acc_mean"] == pytest.approx(np.mean([metrics[f"acc_{s}"] for s in subsets]))
   elif name == "mmeb":
-    subsets = list(retllm_sets.MMEB_SUBSETS)
-    keys = [f"hit1_{s}" for s in subsets] + [f"hit1_{t}" for t in mmeb.META_TASKS] + [
-        "hit1_mean"]
+    keys = [f"hit1_{s}" for s in MMEB_FAST] + ["hit1_vqa", "hit1_grounding", "hit1_mean"]
     _in_range(metrics, keys + [f"clip_{k}" for k in keys])
-    assert metrics["hit1_retrieval"] == pytest.approx(
-        (metrics["hit1_MSCOCO_t2i"] + metrics["hit1_MSCOCO_i2t"]) / 2)
-    assert metrics["subsets"] == subsets
+    assert metrics["hit1_vqa"] == metrics["hit1_OK-VQA"]
+    assert metrics["hit1_mean"] == pytest.approx(
+        (metrics["hit1_OK-VQA"] + metrics["hit1_MSCOCO"]) / 2)
+    assert metrics["subsets"] == list(MMEB_FAST) and "hit1_retrieval" not in metrics
   else:
     _in_range(metrics, ["top1", "clip_top1"])
     assert "many" not in metrics  # the list layout has no training counts
 
 
 def test_flickr30k_pointwise_scores_are_the_scorers_own(monkeypatch, capsys, workdir):
-  """The stored Karpathy-layout scores equal PairScorer.score_pairs on the same pairs in the
-  match prompt, as the caption pipeline computed them before the benchmark families."""
+  """The stored Karpathy-layout scores are, bit for bit, PairScorer.score_pairs of a fresh
+  scorer on each chunk's (image, caption) pairs in the match prompt, as the caption pipeline
+  computed them before the benchmark families."""
   from retformer_jax.retllm import scorer as scorer_lib
   from retformer_jax.stages import retllm as stage
   from configs import retllm_demo
 
   metrics = _run(monkeypatch, capsys, workdir, "flickr30k")
   data = benchmarks.load("flickr30k", os.path.join(workdir, "retllm_data", "flickr30k"))
-  config = retllm_demo.get_config()
-  config.retllm.top_k = 3
   fresh = scorer_lib.PairScorer.from_folder(os.path.join(workdir, "demo_qwen"),
-                                            **stage.scorer_kwargs(config.retllm))
+                                            **stage.scorer_kwargs(retllm_demo.get_config().retllm))
   checked = 0
   for direction in ("t2i", "i2t"):
     folder = os.path.join(metrics["scores"], direction)
     for name in sorted(os.listdir(folder)):
       with np.load(os.path.join(folder, name)) as z:
         queries, cands, p, e = z["queries"], z["candidates"], z["p_true"], z["entropy"]
-      for row, q in enumerate(queries):
-        if direction == "t2i":
-          res = fresh.score_text_to_image(data.captions[q], [data.image(i) for i in cands[row]])
-        else:
-          res = fresh.score_image_to_text(data.image(q), [data.captions[i] for i in cands[row]])
-        np.testing.assert_allclose(p[row], res.p_true, atol=1e-6)
-        np.testing.assert_allclose(e[row], res.entropy, rtol=1e-5, atol=1e-5)
-        checked += 1
+      uniq, inv = np.unique(cands, return_inverse=True)
+      inv = inv.reshape(cands.shape)
+      rows = range(len(queries))
+      if direction == "t2i":  # gallery images x caption queries
+        res = fresh.score_pairs([data.image(i) for i in uniq],
+                                [data.captions[q] for q in queries],
+                                [(int(inv[r, c]), r) for r in rows for c in range(3)])
+      else:
+        res = fresh.score_pairs([data.image(q) for q in queries],
+                                [data.captions[i] for i in uniq],
+                                [(r, int(inv[r, c])) for r in rows for c in range(3)])
+      np.testing.assert_array_equal(p, np.float32(res.p_true).reshape(p.shape))
+      np.testing.assert_array_equal(e, np.float32(res.entropy).reshape(e.shape))
+      checked += len(queries)
   assert checked == 8
+  assert fresh.prompter.template.startswith("Does the image match the caption: <{caption}>?")
 
 
 @pytest.mark.slow
@@ -117,7 +127,43 @@ def test_listwise_image_to_text_option(monkeypatch, capsys, workdir):
 def test_missing_layout_is_one_line(monkeypatch, capsys, tmp_path):
   code, _, err = main_in_process.run(monkeypatch, capsys, *SMALL, f"--workdir={tmp_path}",
                                      "--config.retllm.dataset=urban1k",
-                                     f"--config.retllm.data_dir={tmp_path / 'nowhere'}")
+                                     f"--config.retllm.data_dir={tmp_path / 'nowhere'}",
+                                     # real data needs real weights: folders are enough here,
+                                     # the layout is read before any weights
+                                     f"--config.retllm.model_path={tmp_path}",
+                                     f"--config.clip.path={tmp_path}")
   assert code != 0
   line = [x for x in err.splitlines() if "Urban1k" in x]
   assert line and "image/ and caption/" in line[0], err[-2000:]
+
+
+@pytest.mark.parametrize("family,dataset", [
+    ("flickr30k", "flickr30k"), ("coco", "coco"), ("sharegpt4v", "sharegpt4v"),
+    ("urban1k", "urban1k"), ("sugarcrepe", "sugarcrepe"), ("mmeb", "mmeb"),
+    ("classification", "classification")])
+def test_real_configs_read_their_data_dir(family, dataset):
+  import importlib
+
+  module = importlib.import_module(f"configs.retllm_{family}")
+  c = module.get_config()
+  assert c.retllm.dataset == dataset and not c.retllm.demo_data and not c.retllm.data_dir
+  assert "--config.retllm.data_dir=" in module.__doc__ and c.stages == ("retllm",)
+  assert module.get_config("runlocal").retllm.num_queries > 0
+
+
+def test_classification_config_takes_our_labelled_sets():
+  from configs import retllm_classification
+
+  c = retllm_classification.get_config("places_lt,runlocal")
+  assert c.retllm.class_source == "data" and c.data.name == "places_lt"
+  assert c.retllm.num_queries == 8
+  with pytest.raises(ValueError, match="use one of"):
+    retllm_classification.get_config("flowers")
+
+
+def test_empty_data_dir_of_a_real_config_is_one_line(monkeypatch, capsys, tmp_path):
+  code, _, err = main_in_process.run(
+      monkeypatch, capsys, "--config=configs/retllm_sugarcrepe.py", f"--workdir={tmp_path}",
+      f"--config.retllm.model_path={tmp_path}", f"--config.clip.path={tmp_path}")
+  assert code != 0 and "config.retllm.data_dir is empty" in err
+  assert not os.path.exists(tmp_path / "retllm_data")  # no demo set made up for a real run

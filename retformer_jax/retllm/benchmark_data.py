@@ -64,6 +64,10 @@ def load(config: ml_collections.ConfigDict, folder: str):
   fam = family(name)
   if name in ("coco_tfds", "demo") or (name in ("flickr30k", "coco") and rc.karpathy_json):
     return caption_sets.load(rc, config.data.demo)  # the caption sets' own keys
+  if not folder and not (fam == "classify" and rc.class_source == "data"):
+    raise benchmarks.BenchmarkLayoutError(
+        f"config.retllm.data_dir is empty: set it to the {name} folder as its download leaves "
+        "it (README: RetLLM benchmarks), or run its demo set with configs/retllm_demo.py.")
   if fam == "retrieval":
     if name in ("flickr30k", "coco"):
       data = benchmarks.karpathy(name, folder, split=rc.split,

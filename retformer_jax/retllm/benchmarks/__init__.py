@@ -14,20 +14,17 @@ mmeb          MMEB-eval/<Subset>/*.parquet + eval_images/            [MMEBTask] 
 classification  label_idx.json + dataset_list.json                   ClassificationSet
 (labelled TFDS sets become a ClassificationSet through classification.from_splits.)
 
-Prompts proposed for mixed items (the MLLM sees an Item as `Item.segments()`):
-- An MMEB text's `<|image_1|>` placeholder (Phi-3-V's image token) is where the item's image
-  goes: the Qwen chat content becomes [text before, {"type": "image"}, text after] (blank parts
-  dropped); an item with an image and no placeholder puts the image first; a placeholder with no
-  image is removed. `Item.plain_text` is the text without placeholders (what CLIP embeds).
-- Pointwise match of a query and a candidate, both possibly mixed: one user turn
-  ["Query:", *query segments, "Candidate:", *candidate segments, "Does the candidate match the
-  query? Please directly output True or False"], scored like the caption prompt by P("True").
-  A text->image pair with a plain caption and a plain image reduces to the reference prompt.
-- SugarCrepe: the image, then both captions listed ("1. ... 2. ..."), the MLLM names the one
-  that matches (the reference's listwise choice); pointwise P("True") per caption is the
-  alternative.
+How the stage scores these items (retllm/prompts.py, retllm/item_embed.py):
+- CLIP embeds `Item.plain_text` (the text without MMEB's `<|image_1|>` placeholder) and the
+  image; an item holding both is their weighted sum, as the reference's MMEB driver mixes them.
+- The MLLM sees an image alone against a text alone with the match question of Flickr30k /
+  COCO; any other pair as the reference's M-BEIR / MMEB driver lays it out: the images first
+  ("Query image", "Candidate image"), then one True/False question naming the texts.
+  (`Item.segments()` keeps the placeholder's position, for prompts of one's own.)
+- SugarCrepe: pointwise P("True") per caption, and listwise as the reference (retllm.listwise,
+  the image and [negative, positive], the MLLM names one).
 - Classification: CLIP embeds `ClassificationSet.prompts` ("a photo of a {name}."); the MLLM is
-  shown the class name as the caption of the match prompt.
+  shown the class name as the caption of the match question.
 """
 
 from __future__ import annotations
