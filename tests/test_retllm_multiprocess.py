@@ -134,3 +134,30 @@ def test_scorer_batches_split_over_data_axis(tmp_path):
                      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2",
                               PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
   assert "DATA_PARALLEL_OK" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_mixed_family_two_processes_match_one(tmp_path):
+  """MMEB (mixed items, two subsets) as 2 processes x 1 device: chunks split c mod 2 over the
+  subsets, process 0 alone writes, and the metrics are those of one process."""
+  args = ["--config=configs/retllm_demo.py", "--config.retllm.dataset=mmeb",
+          "--config.retllm.subsets=OK-VQA,MSCOCO", "--config.retllm.num_images=8",
+          "--config.retllm.num_queries=4", "--config.retllm.top_k=3",
+          "--config.retllm.chunk_size=1"]
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  job = subprocess.run(["bash", "launch/local_multiprocess.sh", *args, f"--workdir={multi}"],
+                       cwd=REPO, env=_env(NUM_PROCESSES="2", DEVICES_PER_PROCESS="1"),
+                       capture_output=True, text=True, timeout=600)
+  logs = _logs(multi)
+  assert job.returncode == 0, job.stderr[-2000:] + "".join(log[-3000:] for log in logs)
+  done = [log.count("done, ") for log in logs]
+  assert done == [4, 4]  # 8 chunks (4 queries x 2 subsets), numbered on across the subsets
+  assert "retllm hit@1" in logs[0] and "retllm hit@1" not in logs[1]
+  r = subprocess.run([sys.executable, "-m", "retformer_jax.main", *args, f"--workdir={single}"],
+                     cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(os.path.join(multi, "retllm", "mmeb", "metrics.json")) as f:
+    m2 = json.load(f)
+  with open(os.path.join(single, "retllm", "mmeb", "metrics.json")) as f:
+    m1 = json.load(f)
+  assert m1 == m2 and "hit1_grounding" in m1

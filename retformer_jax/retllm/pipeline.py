@@ -7,8 +7,10 @@ and ends with the same metrics as an uninterrupted one. The scorer is built lazi
 any object with the scorer's two methods.
 
 Across processes (hosts), chunk c is scored by process c mod P into the shared folder; after a
-barrier, process 0 alone reads every chunk, computes the metrics and writes them. Caption
-queries are scored in `cache_order`, so the queries of a chunk share candidate images.
+barrier, process 0 alone reads every chunk, computes the metrics and writes them (retllm.chunks,
+the runner every benchmark family shares). Caption queries are scored in `cache_order`, so the
+queries of a chunk share candidate images. Image->text may instead be listwise: the MLLM names
+one of the K captions (retllm.listwise), which ranks first, the rest keeping CLIP's order.
 """
 
 from __future__ import annotations

@@ -146,5 +146,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if metrics is None:
     logging.info("retllm: this process's chunks are scored; process 0 writes the metrics.")
   else:
-    logging.info("retllm %s (%%) -> %s:\n%s", rc.dataset, os.path.join(out, "metrics.json"),
-                 table(metrics))
+    measure = {"retrieval": "Recall@k", "choice": "accuracy", "mmeb": "hit@1",
+               "classify": "top-1"}[fam]
+    logging.info("retllm %s (%%), %s -> %s:\n%s", measure, rc.dataset,
+                 os.path.join(out, "metrics.json"), table(metrics))
