@@ -165,6 +165,11 @@ def test_classification_from_our_labelled_readers(tmp_path):
   c.retllm.dataset, c.retllm.class_source = "classification", "data"
   data = benchmark_data.load(c, "")
   assert data.name == "demo" and data.buckets is not None and data.num_classes == 20
+  counts = demo_dataset.train_counts(demo_dataset.DemoSpec.from_config(c.data.demo))
+  expect = np.where(counts > c.eval.many_above, 0, np.where(counts < c.eval.few_below, 2, 1))
+  np.testing.assert_array_equal(data.buckets, expect)  # the eval stage's Many/Few thresholds
+  c.eval.many_above = 10_000
+  assert (benchmark_data.load(c, "").buckets > 0).all()
   assert data.prompts[0] == f"a photo of a {data.class_names[0]}."
 
 

@@ -86,7 +86,9 @@ def load(config: ml_collections.ConfigDict, folder: str):
   if rc.class_source == "data":  # our labelled readers (TFDS, image folders, the demo)
     split = config.data.eval_splits[0] if config.data.eval_splits else "test"
     return classification.from_splits(registry.load(config.data), split=split,
-                                      prompt=rc.class_prompt)
+                                      prompt=rc.class_prompt,
+                                      many_above=config.eval.many_above,
+                                      few_below=config.eval.few_below)
   if rc.class_source != "list":
     raise benchmarks.BenchmarkLayoutError(
         f"config.retllm.class_source {rc.class_source!r}: use list (data_dir's label_idx.json "
