@@ -117,3 +117,16 @@ def test_one_image_content_with_the_match_question_is_the_plain_score(sc):
   same = sc.score_pairs([(image,)], content, [(0, j) for j in range(3)],
                         prompter=prompts.ItemPrompter(sc.prompter))
   np.testing.assert_allclose(plain.p_true, same.p_true, rtol=1e-6)  # other prefix cut
+
+
+@pytest.mark.slow
+def test_plain_items_are_scored_as_the_caption_pipeline_scores_them(sc):
+  """SugarCrepe pointwise / classification pairs (an image vs a text) through item_scoring are
+  the scorer's own image->text scores, bit for bit."""
+  rng = np.random.default_rng(3)
+  image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+  p, e = item_scoring.score(sc, [Item(image=lambda: image)], [Item(text=c) for c in CORPUS],
+                            [(0, j) for j in range(len(CORPUS))])
+  want = sc.score_image_to_text(image, CORPUS)
+  np.testing.assert_array_equal(p, np.float32(want.p_true))
+  np.testing.assert_array_equal(e, np.float32(want.entropy))
