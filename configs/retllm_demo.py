@@ -7,7 +7,7 @@ Gallery: the first images of the generated demo set's test split, each with its 
 on-disk layout under WORKDIR/retllm_data/NAME and read back by the real reader:
 
   python -m retformer_jax.main --config=configs/retllm_demo.py --workdir=/tmp/retllm_demo \
-    --config.retllm.dataset=mmeb   # flickr30k coco sharegpt4v urban1k sugarcrepe mmeb classification
+    --config.retllm.dataset=mmeb  # flickr30k coco sharegpt4v urban1k sugarcrepe mmeb classification
 
 CLIP and Qwen2.5-VL are tiny random models written to WORKDIR/demo_clip and WORKDIR/demo_qwen
 as HuggingFace folders and loaded back through the real loaders, so the recalls show that the

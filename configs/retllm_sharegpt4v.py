@@ -4,8 +4,13 @@ candidates re-ranked by Qwen2.5-VL-7B; Recall@1/5/10 both ways (+ the CLIP-only 
   python -m retformer_jax.convert.longclip --checkpoint=/ckpt/longclip-L.pt --out=/ckpt/longclip-L
   python -m retformer_jax.main --config=configs/retllm_sharegpt4v.py --workdir=DIR \
     --config.clip.path=/ckpt/longclip-L --config.retllm.model_path=/ckpt/Qwen2.5-VL-7B-Instruct \
-    --config.retllm.data_dir=/data/ShareGPT4V  # share-captioner_coco_lcs_sam_1246k_1107.json + coco/ sam/ ...
+    --config.retllm.data_dir=/data/ShareGPT4V
 
+DATA_DIR holds share-captioner_coco_lcs_sam_1246k_1107.json and the image folders it names
+(coco/, sam/, ...).
+
+Long captions are tokenised to Long-CLIP's 248 positions (clip.max_text_length); with a plain
+CLIP folder as the coarse encoder add --config.clip.max_text_length=77.
 Metrics: DIR/retllm/sharegpt4v/metrics.json. `get_config("runlocal")` scores only the first
 queries (a smoke run of the real setup).
 """
@@ -21,6 +26,8 @@ def get_config(arg: str | None = None):
   c = common.get_config()
   c.stages = ("retllm",)
   c.clip.batch_size = 64
+  # Long-CLIP's text tower reads 248 tokens (a plain CLIP folder: --config.clip.max_text_length=77).
+  c.clip.max_text_length = 248
   c.retllm.dataset = "sharegpt4v"
   c.retllm.sharegpt4v_count = 1000
   c.retllm.top_k = 5

@@ -6,6 +6,8 @@ Qwen2.5-VL-7B; Recall@1/5/10 both ways (+ the CLIP-only clip_ twins).
     --config.clip.path=/ckpt/longclip-L --config.retllm.model_path=/ckpt/Qwen2.5-VL-7B-Instruct \
     --config.retllm.data_dir=/data/Urban1k  # image/N.jpg + caption/N.txt
 
+Long captions are tokenised to Long-CLIP's 248 positions (clip.max_text_length); with a plain
+CLIP folder as the coarse encoder add --config.clip.max_text_length=77.
 Metrics: DIR/retllm/urban1k/metrics.json. `get_config("runlocal")` scores only the first
 queries (a smoke run of the real setup).
 """
@@ -21,6 +23,8 @@ def get_config(arg: str | None = None):
   c = common.get_config()
   c.stages = ("retllm",)
   c.clip.batch_size = 64
+  # Long-CLIP's text tower reads 248 tokens (a plain CLIP folder: --config.clip.max_text_length=77).
+  c.clip.max_text_length = 248
   c.retllm.dataset = "urban1k"
   c.retllm.top_k = 5
   c.retllm.dtype = "bfloat16"

@@ -149,6 +149,7 @@ def test_real_configs_read_their_data_dir(family, dataset):
   assert c.retllm.dataset == dataset and not c.retllm.demo_data and not c.retllm.data_dir
   assert "--config.retllm.data_dir=" in module.__doc__ and c.stages == ("retllm",)
   assert module.get_config("runlocal").retllm.num_queries > 0
+  assert c.clip.max_text_length == (248 if family in ("sharegpt4v", "urban1k") else 77)
 
 
 def test_classification_config_takes_our_labelled_sets():
