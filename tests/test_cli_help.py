@@ -39,7 +39,7 @@ def test_comments_become_docs():
   assert docs["mesh.axis_rules"].startswith("Logical axis name -> mesh axis")  # comment above
   assert docs["mesh"].startswith("Device mesh.")  # a section's comment
   assert "missing_caption" in docs["embed.missing_caption"]  # a block of several lines
-  assert docs["train.epochs"] == ""  # no comment: no doc
+  assert docs["train.epochs"] == "passes over the training split"  # a trailing comment
   assert list(docs)[:3] == ["seed", "stages", "mesh"]  # file order
 
 
@@ -80,3 +80,11 @@ def test_help_from_the_command_line():
                      capture_output=True, text=True, cwd=main_in_process.REPO, env=env,
                      timeout=120)
   assert r.returncode == 0 and "data.tfds_name = ''" in r.stdout
+
+
+def test_every_key_has_a_doc():
+  """--list_keys promises a one-line doc for every key: a key added without one fails here."""
+  path = config_keys.find_common()
+  docs = config_keys.docs(path)
+  leaves = config_keys._leaves(config_keys.load_common(path))
+  assert [k for k in leaves if not docs.get(k)] == []
