@@ -78,8 +78,9 @@ def test_demo_benchmark_through_main(monkeypatch, capsys, workdir, name):
 
 def test_flickr30k_pointwise_scores_are_the_scorers_own(monkeypatch, capsys, workdir):
   """The stored Karpathy-layout scores are, bit for bit, PairScorer.score_pairs of a fresh
-  scorer on each chunk's (image, caption) pairs in the match prompt, as the caption pipeline
-  computed them before the benchmark families."""
+  scorer on each chunk's (image, caption) pairs in the match prompt (text->image chunks hold
+  pairs grouped by image, image->text chunks image queries); text->image also equal, up to
+  float rounding, to scoring one caption against its images."""
   from retformer_jax.retllm import scorer as scorer_lib
   from retformer_jax.stages import retllm as stage
   from configs import retllm_demo
@@ -94,21 +95,34 @@ def test_flickr30k_pointwise_scores_are_the_scorers_own(monkeypatch, capsys, wor
     for name in sorted(os.listdir(folder)):
       with np.load(os.path.join(folder, name)) as z:
         queries, cands, p, e = z["queries"], z["candidates"], z["p_true"], z["entropy"]
+      if direction == "t2i":  # rows are pairs (image, caption query), grouped by image
+        assert (np.diff(cands[:, 0]) >= 0).all()
+        images, img_inv = np.unique(cands[:, 0], return_inverse=True)
+        caps, cap_inv = np.unique(cands[:, 1], return_inverse=True)
+        res = fresh.score_pairs([data.image(i) for i in images], [data.captions[q] for q in caps],
+                                list(zip(img_inv.tolist(), cap_inv.tolist())))
+        np.testing.assert_array_equal(p, np.float32(res.p_true))
+        np.testing.assert_array_equal(e, np.float32(res.entropy))
+        # Scored one caption against its images instead: other batches, so equal up to float
+        # rounding (the entropy's last bits move with the batch's padding).
+        for query in np.unique(cands[:, 1]):
+          rows = np.flatnonzero(cands[:, 1] == query)
+          alone = fresh.score_pairs([data.image(i) for i in cands[rows, 0]],
+                                    [data.captions[query]], [(c, 0) for c in range(len(rows))])
+          np.testing.assert_allclose(p[rows], np.float32(alone.p_true), rtol=1e-5, atol=1e-7)
+          np.testing.assert_allclose(e[rows], np.float32(alone.entropy), rtol=1e-5, atol=1e-7)
+        checked += len(queries)
+        continue
       uniq, inv = np.unique(cands, return_inverse=True)
       inv = inv.reshape(cands.shape)
       rows = range(len(queries))
-      if direction == "t2i":  # gallery images x caption queries
-        res = fresh.score_pairs([data.image(i) for i in uniq],
-                                [data.captions[q] for q in queries],
-                                [(int(inv[r, c]), r) for r in rows for c in range(3)])
-      else:
-        res = fresh.score_pairs([data.image(q) for q in queries],
-                                [data.captions[i] for i in uniq],
-                                [(r, int(inv[r, c])) for r in rows for c in range(3)])
+      res = fresh.score_pairs([data.image(q) for q in queries],
+                              [data.captions[i] for i in uniq],
+                              [(r, int(inv[r, c])) for r in rows for c in range(3)])
       np.testing.assert_array_equal(p, np.float32(res.p_true).reshape(p.shape))
       np.testing.assert_array_equal(e, np.float32(res.entropy).reshape(e.shape))
-      checked += len(queries)
-  assert checked == 8
+      checked += 3 * len(queries)
+  assert checked == 8 * 3  # 4 caption and 4 image queries, K = 3
   assert fresh.prompter.template.startswith("Does the image match the caption: <{caption}>?")
 
 

@@ -48,14 +48,21 @@ class NoisyEncoder:
     return self.centres[ids] + self.noise * rng.normal(size=(len(ids), self.centres.shape[1]))
 
 
+def _entropy(image_id, caption):
+  """A pointwise entropy (the pair's alone, as the MLLM's) that varies from pair to pair."""
+  return 0.5 + 0.01 * ((7 * image_id + 3 * int(caption.split()[1]) + int(caption.split()[3]))
+                       % 13)
+
+
 class OracleScorer:
-  """P(True)=0.9 for a true pair, else 0.3; counts pairs; can fail after some queries."""
+  """P(True)=0.9 for a true pair, else 0.3; counts calls and pairs; can fail once more than
+  `fail_after` pairs would have been scored."""
 
   def __init__(self, fail_after=None):
     self.pairs, self.queries, self.fail_after = 0, 0, fail_after
 
   def _tick(self, n):
-    if self.fail_after is not None and self.queries >= self.fail_after:
+    if self.fail_after is not None and self.pairs + n > self.fail_after:
       raise KeyboardInterrupt("simulated preemption")
     self.queries += 1
     self.pairs += n
@@ -64,13 +71,13 @@ class OracleScorer:
     self._tick(len(images))
     gt = int(caption.split()[1])
     p = [0.9 if int(im[0, 0, 0]) == gt else 0.3 for im in images]
-    return Result(p, np.linspace(1.0, 0.5, len(images)))
+    return Result(p, [_entropy(int(im[0, 0, 0]), caption) for im in images])
 
   def score_image_to_text(self, image, captions):
     self._tick(len(captions))
     i = int(image[0, 0, 0])
     p = [0.9 if int(c.split()[1]) == i else 0.3 for c in captions]
-    return Result(p, np.zeros(len(captions)))
+    return Result(p, [_entropy(i, c) for c in captions])
 
 
 class PairsOracle(OracleScorer):
@@ -83,8 +90,9 @@ class PairsOracle(OracleScorer):
   def score_pairs(self, images, captions, pairs):
     self.calls += 1
     self.pairs += len(pairs)
-    p = [0.9 if int(images[i][0, 0, 0]) == int(captions[j].split()[1]) else 0.3 for i, j in pairs]
-    return Result(p, np.zeros(len(pairs)))
+    ids = [int(images[i][0, 0, 0]) for i, _ in pairs]
+    p = [0.9 if g == int(captions[j].split()[1]) else 0.3 for g, (_, j) in zip(ids, pairs)]
+    return Result(p, [_entropy(g, captions[j]) for g, (_, j) in zip(ids, pairs)])
 
 
 def _expected_oracle_recall(data, encoder, k):
@@ -105,16 +113,18 @@ def test_pipeline_metrics_resume_and_skip(tmp_path):
   settings = pipeline.Settings(top_k=3, chunk_size=5, scorer_identity="oracle")
   out = str(tmp_path / "retllm")
 
-  # A run killed part-way keeps its finished chunks.
-  crashing = OracleScorer(fail_after=7)
+  # A run killed part-way keeps its finished chunks: text->image chunks hold 5 * 3 pairs, so
+  # the first is saved and the run dies in the second.
+  crashing = OracleScorer(fail_after=20)
   with pytest.raises(KeyboardInterrupt):
     pipeline.run(data, enc, lambda: crashing, out, settings)
   assert not os.path.exists(os.path.join(out, "metrics.json"))
+  assert len(os.listdir(_score_folder(out, "t2i"))) == 1
 
   resumed = OracleScorer()
   m = pipeline.run(data, enc, lambda: resumed, out, settings)
-  # 24 caption queries + 12 image queries; the first chunk (5 queries) was already done.
-  assert resumed.queries == 24 + 12 - 5
+  # 24 caption queries + 12 image queries, K = 3; the first chunk (15 pairs) was done.
+  assert resumed.pairs == (24 + 12) * 3 - 15
 
   fresh = OracleScorer()
   m_fresh = pipeline.run(data, enc, lambda: fresh, str(tmp_path / "fresh"), settings)
@@ -160,7 +170,7 @@ def test_pipeline_num_queries_limits_scoring(tmp_path):
   settings = pipeline.Settings(top_k=2, chunk_size=4, num_queries=6, scorer_identity="oracle")
   enc = NoisyEncoder(data.num_images)
   m = pipeline.run(data, enc, lambda: scorer, str(tmp_path), settings)
-  assert scorer.queries == 12 and scorer.pairs == 24
+  assert scorer.pairs == 24
   with open(tmp_path / "metrics.json") as f:
     assert json.load(f)["t2i_queries"] == 6
   # With the oracle, query q hits at 1 iff its ground truth is in CLIP's top 2 (first 6 only).
@@ -245,52 +255,95 @@ def test_pipeline_refuses_chunks_of_another_run(tmp_path):
     pipeline.run(data, enc, OracleScorer, str(tmp_path), settings)
 
 
-def test_cache_order_is_a_permutation_that_groups_shared_candidates():
+def test_pair_order_sorts_pairs_by_image_then_query():
   rng = np.random.default_rng(3)
   cands = rng.integers(0, 4, size=(40, 3))
-  order = pipeline.cache_order(cands)
-  np.testing.assert_array_equal(np.sort(order), np.arange(40))
-  ranked = cands[order]
-  # Sorted by the whole list, top-1 first, so equal top-1s are contiguous; ties keep row order.
-  keys = [tuple(r) + (int(q),) for r, q in zip(ranked, order)]
+  queries = np.arange(2, 37)
+  ids = pipeline.pair_order(cands, queries)
+  np.testing.assert_array_equal(np.sort(ids), np.sort((queries[:, None] * 3 + np.arange(3))
+                                                      .reshape(-1)))
+  inputs = pipeline.pair_inputs(cands, ids)
+  np.testing.assert_array_equal(inputs[:, 0], cands[ids // 3, ids % 3])
+  np.testing.assert_array_equal(inputs[:, 1], ids // 3)
+  keys = [(int(i), int(q), int(pid)) for (i, q), pid in zip(inputs, ids)]
   assert keys == sorted(keys)
-  assert (np.diff(ranked[:, 0]) >= 0).all()
-  np.testing.assert_array_equal(pipeline.cache_order(np.zeros((5, 2), int)), np.arange(5))
   with pytest.raises(ValueError, match="candidate lists"):
-    pipeline.cache_order(np.arange(4))
+    pipeline.pair_order(np.arange(4), np.arange(4))
 
 
-def _chunk_files(out, direction):
+def _score_folder(out, direction):
   (key,) = os.listdir(os.path.join(out, "scores"))
-  folder = os.path.join(out, "scores", key, direction)
-  return [dict(np.load(os.path.join(folder, f))) for f in sorted(os.listdir(folder))]
+  return os.path.join(out, "scores", key, direction)
 
 
-def test_cache_order_keeps_metrics_and_puts_shared_images_in_one_chunk(tmp_path):
-  data = _gallery()
-  enc = NoisyEncoder(data.num_images)
-  runs = {}
-  for ordered in (True, False):
-    settings = pipeline.Settings(top_k=3, chunk_size=4, scorer_identity="oracle",
-                                 cache_order=ordered)
-    out = str(tmp_path / str(ordered))
-    scorer = PairsOracle()
-    m = pipeline.run(data, enc, lambda: scorer, out, settings)
-    with np.load(os.path.join(out, "scores", os.listdir(os.path.join(out, "scores"))[0],
-                              "ranked.npz")) as z:
-      ranked = dict(z)
-    runs[ordered] = m, ranked, _chunk_files(out, "t2i"), scorer.pairs
-  (m1, r1, chunks1, pairs1), (m0, r0, chunks0, pairs0) = runs[True], runs[False]
-  assert m1 == m0 and pairs1 == pairs0 == (24 + 12) * 3
-  for name in r0:
-    np.testing.assert_array_equal(r1[name], r0[name], err_msg=name)
-  # The files record their queries: the cache order is a permutation of all of them...
-  held = np.concatenate([c["queries"] for c in chunks1])
-  np.testing.assert_array_equal(np.sort(held), np.arange(24))
-  assert not np.array_equal(held, np.arange(24))
-  # ...whose chunks hold fewer distinct images than chunks in query order.
-  distinct = lambda chunks: sum(len(np.unique(c["candidates"])) for c in chunks)  # noqa: E731
-  assert distinct(chunks1) < distinct(chunks0)
+class ImageCounter(PairsOracle):
+  """Records the distinct images of every score_pairs call (the pipeline scores every
+  text->image chunk before the image->text ones)."""
+
+  def __init__(self):
+    super().__init__()
+    self.images_per_call = []
+
+  def score_pairs(self, images, captions, pairs):
+    self.images_per_call.append({int(images[i][0, 0, 0]) for i, _ in pairs})
+    return super().score_pairs(images, captions, pairs)
+
+
+def _direct_metrics(data, enc, k):
+  """Recall@k computed here: CLIP top lists, each query's K scored by the oracle, reranked."""
+  from retformer_jax.retllm import coarse
+
+  img = enc.embed_images([data.image(i) for i in range(data.num_images)])
+  txt = enc.embed_texts(list(data.captions))
+  c = coarse.candidates(img, txt, max(k, 10))
+  oracle = OracleScorer()
+  lists = {}
+  for d, cand, n in (("t2i", c.t2i, data.num_captions), ("i2t", c.i2t, data.num_images)):
+    p, e = np.zeros((n, k), np.float32), np.zeros((n, k), np.float32)
+    for q in range(n):
+      if d == "t2i":
+        res = oracle.score_text_to_image(data.captions[q], [data.image(i) for i in cand[q, :k]])
+      else:
+        res = oracle.score_image_to_text(data.image(q), [data.captions[i] for i in cand[q, :k]])
+      p[q], e[q] = res.p_true, res.entropy
+    lists[d] = ranking.rerank(cand[:n], p, e)
+  ci = data.caption_image
+  return ranking.metrics_dict(
+      t2i=ranking.text_to_image_recall(lists["t2i"], np.arange(data.num_captions), ci,
+                                       pipeline.RECALL_KS),
+      i2t=ranking.image_to_text_recall(lists["i2t"], np.arange(data.num_images), ci,
+                                       pipeline.RECALL_KS),
+      clip_t2i=ranking.text_to_image_recall(c.t2i, np.arange(data.num_captions), ci,
+                                            pipeline.RECALL_KS),
+      clip_i2t=ranking.image_to_text_recall(c.i2t, np.arange(data.num_images), ci,
+                                            pipeline.RECALL_KS))
+
+
+def test_text_to_image_chunks_hold_each_image_in_at_most_two_calls(tmp_path):
+  """Flickr-shaped: 40 images x 5 captions, K = 5. Each image's pairs sit in one chunk (two at
+  a chunk edge), so its prompt prefix is needed by at most 2 score_pairs calls; metrics are
+  those of scoring every query's K candidates directly, with or without score_pairs."""
+  data = _gallery(num_images=40, per_image=5)
+  enc = NoisyEncoder(data.num_images, dim=8, noise=0.6)
+  settings = pipeline.Settings(top_k=5, chunk_size=8, scorer_identity="oracle")
+  counter = ImageCounter()
+  m = pipeline.run(data, enc, lambda: counter, str(tmp_path / "pairs"), settings)
+  t2i_calls = 200 * 5 // 40
+  assert len(counter.images_per_call) == t2i_calls + 40 // 8
+  calls_per_image = np.zeros(data.num_images, int)
+  for images in counter.images_per_call[:t2i_calls]:
+    calls_per_image[list(images)] += 1
+  # Premise: no image is a candidate of more pairs than a chunk holds (else it spans 3 chunks).
+  _, _, c = _expected_oracle_recall(data, enc, 5)
+  assert np.bincount(c.t2i[:, :5].reshape(-1)).max() <= 8 * 5
+  assert calls_per_image.max() <= 2 and calls_per_image.min() >= 1
+  # Chunks of 8 caption queries in query order would need each image in far more calls.
+  by_query = np.zeros(data.num_images, int)
+  for s in range(0, 200, 8):
+    by_query[np.unique(c.t2i[s:s + 8, :5])] += 1
+  assert by_query.mean() > 2 * calls_per_image.mean()
+  assert m == _direct_metrics(data, enc, 5)
+  assert pipeline.run(data, enc, OracleScorer, str(tmp_path / "single"), settings) == m
 
 
 def test_processes_score_their_own_chunks_and_process_0_writes(tmp_path):
@@ -304,14 +357,14 @@ def test_processes_score_their_own_chunks_and_process_0_writes(tmp_path):
   alone = OracleScorer()
   with pytest.raises(RuntimeError, match="missing after every process"):
     pipeline.run(data, enc, lambda: alone, out, settings, process=(0, 2), barrier=no_wait)
-  # t2i chunks 0, 2, 4 (5 + 5 + 4 queries) and i2t chunks 0, 2 (5 + 2).
-  assert alone.queries == 21
+  # t2i chunks 0, 2, 4 (15 + 15 + 12 pairs) and i2t chunks 0, 2 (5 + 2 queries, K = 3).
+  assert alone.pairs == 42 + 21
   assert not os.path.exists(os.path.join(out, "metrics.json"))
 
   second = OracleScorer()
   assert pipeline.run(data, enc, lambda: second, out, settings, process=(1, 2),
                       barrier=no_wait) is None
-  assert second.queries == 5 + 5 + 5  # t2i chunks 1, 3 and i2t chunk 1
+  assert second.pairs == 15 + 15 + 15  # t2i chunks 1, 3 and i2t chunk 1
   assert not os.path.exists(os.path.join(out, "metrics.json"))
 
   def must_not_build():

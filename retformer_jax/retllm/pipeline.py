@@ -8,8 +8,11 @@ any object with the scorer's two methods.
 
 Across processes (hosts), chunk c is scored by process c mod P into the shared folder; after a
 barrier, process 0 alone reads every chunk, computes the metrics and writes them (retllm.chunks,
-the runner every benchmark family shares). Caption queries are scored in `cache_order`, so the
-queries of a chunk share candidate images. Image->text may instead be listwise: the MLLM names
+the runner every benchmark family shares). Text->image is chunked by (caption, candidate slot)
+PAIR, in `pair_order` (by candidate image, then caption): an image's pairs sit in one chunk (two
+at a chunk edge), so its prompt prefix is computed about once at any gallery size and a cache
+of a few prefixes is enough. Image->text stays chunked by query (a query's K pairs share its
+image already) and may instead be listwise: the MLLM names
 one of the K captions (retllm.listwise), which ranks first, the rest keeping CLIP's order.
 """
 
@@ -44,56 +47,80 @@ class Scorer(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Settings:
   top_k: int = 5  # candidates scored by the MLLM per query
-  chunk_size: int = 32  # queries per result file
+  chunk_size: int = 32  # queries per result file (text->image: chunk_size * top_k pairs)
   num_queries: int = 0  # first N queries per direction (0 = all)
   scorer_identity: str = ""  # everything the scores depend on (model, injection, flooring...)
-  cache_order: bool = True  # caption queries grouped by candidate images (see cache_order)
   i2t_scoring: str = "pointwise"  # pointwise P('True') per caption | listwise (pick the index)
 
 
-def cache_order(cands: np.ndarray) -> np.ndarray:
-  """A permutation of the query rows of cands [Q, k] that puts queries with the same candidate
-  images next to each other: sorted by top-1 candidate, then the rest of the list, then row.
+def pair_order(cands: np.ndarray, queries: np.ndarray) -> np.ndarray:
+  """The text->image pair ids q * K + slot of `queries` against cands [num_queries, K], sorted
+  by candidate image, then query, then slot.
 
-  Chunks cut from this order hold few distinct images, so each image's prompt prefix is
-  computed once per chunk, and a scorer keeping prefixes across calls finds them again.
+  Chunks cut from this order hold each image's pairs together, so each image's prompt prefix
+  is computed once per run (twice when its pairs straddle a chunk edge).
   """
   cands = np.asarray(cands)
   if cands.ndim != 2:
-    raise ValueError(f"cache_order expects candidate lists [queries, k], got shape {cands.shape}.")
-  keys = [np.arange(len(cands))] + [cands[:, j] for j in reversed(range(cands.shape[1]))]
-  return np.lexsort(keys)
+    raise ValueError(f"pair_order expects candidate lists [queries, k], got shape {cands.shape}.")
+  k = cands.shape[1]
+  queries = np.asarray(queries, np.int64)
+  ids = (queries[:, None] * k + np.arange(k)).reshape(-1)
+  images = cands[queries].reshape(-1)
+  return ids[np.lexsort((ids, images))]
 
 
-def _score_chunk(scorer: Scorer, direction: str, data: caption_sets.CaptionSet,
-                 queries: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """p_true and entropy [n, k] of each query against its candidates cands [n, k].
+def pair_inputs(cands: np.ndarray, ids: np.ndarray) -> np.ndarray:
+  """[n, 2] (candidate image, query) of pair ids: what each pair's scores depend on."""
+  k = cands.shape[1]
+  q = np.asarray(ids, np.int64) // k
+  return np.stack([cands[q, np.asarray(ids) % k], q], axis=1).astype(np.int64)
 
-  A scorer with `score_pairs` gets the whole chunk at once: it groups pairs by image, so an
-  image that is a candidate of several caption queries has its prompt prefix computed once.
-  """
+
+def _score_pair_chunk(scorer: Scorer, data: caption_sets.CaptionSet, ids: np.ndarray,
+                      cands: np.ndarray) -> dict[str, np.ndarray]:
+  """p_true and entropy [n] of text->image pairs `ids` (q * K + slot) against cands [Q, K].
+
+  One score_pairs call for the chunk (it groups the pairs by image); a scorer without it gets
+  one score_text_to_image call per caption with that caption's pairs of the chunk."""
+  image_q = pair_inputs(cands, ids)
+  n = len(ids)
+  if hasattr(scorer, "score_pairs"):
+    images, img_inv = np.unique(image_q[:, 0], return_inverse=True)
+    queries, q_inv = np.unique(image_q[:, 1], return_inverse=True)
+    res = scorer.score_pairs([data.image(i) for i in images],
+                             [data.captions[q] for q in queries],
+                             list(zip(img_inv.reshape(-1).tolist(), q_inv.reshape(-1).tolist())))
+    return {"p_true": np.asarray(res.p_true, np.float32).reshape(n),
+            "entropy": np.asarray(res.entropy, np.float32).reshape(n)}
+  p = np.zeros(n, np.float32)
+  e = np.zeros(n, np.float32)
+  for q in np.unique(image_q[:, 1]):
+    rows = np.flatnonzero(image_q[:, 1] == q)
+    rows = rows[np.argsort(ids[rows], kind="stable")]  # the caption's slots in CLIP order
+    res = scorer.score_text_to_image(data.captions[q], [data.image(i) for i in image_q[rows, 0]])
+    p[rows], e[rows] = np.asarray(res.p_true), np.asarray(res.entropy)
+  return {"p_true": p, "entropy": e}
+
+
+def _score_chunk(scorer: Scorer, data: caption_sets.CaptionSet, queries: np.ndarray,
+                 cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Image->text p_true and entropy [n, k] of image queries against caption cands [n, k].
+
+  A scorer with `score_pairs` gets the whole chunk at once (each query's K pairs share its
+  image, so its prompt prefix is computed once)."""
   n, k = cands.shape
   if hasattr(scorer, "score_pairs"):
     uniq, inv = np.unique(cands, return_inverse=True)
     inv = inv.reshape(n, k)
-    if direction == "t2i":
-      images = [data.image(i) for i in uniq]
-      captions = [data.captions[q] for q in queries]
-      pairs = [(int(inv[r, c]), r) for r in range(n) for c in range(k)]
-    else:
-      images = [data.image(q) for q in queries]
-      captions = [data.captions[i] for i in uniq]
-      pairs = [(r, int(inv[r, c])) for r in range(n) for c in range(k)]
-    res = scorer.score_pairs(images, captions, pairs)
+    res = scorer.score_pairs([data.image(q) for q in queries], [data.captions[i] for i in uniq],
+                             [(r, int(inv[r, c])) for r in range(n) for c in range(k)])
     return (np.asarray(res.p_true, np.float32).reshape(n, k),
             np.asarray(res.entropy, np.float32).reshape(n, k))
   p = np.zeros((n, k), np.float32)
   e = np.zeros((n, k), np.float32)
   for row, q in enumerate(queries):
-    if direction == "t2i":
-      res = scorer.score_text_to_image(data.captions[q], [data.image(i) for i in cands[row]])
-    else:
-      res = scorer.score_image_to_text(data.image(q), [data.captions[i] for i in cands[row]])
+    res = scorer.score_image_to_text(data.image(q), [data.captions[i] for i in cands[row]])
     p[row], e[row] = np.asarray(res.p_true), np.asarray(res.entropy)
   return p, e
 
@@ -166,38 +193,45 @@ def run(data: caption_sets.CaptionSet, encoder: coarse.Encoder,
     raise ValueError("listwise image->text scoring needs make_chooser.")
   chooser_box: list = []
 
-  def score_fn(direction, cand):
-    def score(ch: chunks.Chunk) -> dict[str, np.ndarray]:
-      if direction == "i2t" and listwise:
-        if not chooser_box:
-          chooser_box.append(make_chooser(get_scorer()))
-        return _choose_chunk(chooser_box[0], data, ch.queries, cand[ch.queries])
-      p, e = _score_chunk(get_scorer(), direction, data, ch.queries, cand[ch.queries])
-      return {"p_true": p, "entropy": e}
-    return score
+  def score_i2t(ch: chunks.Chunk) -> dict[str, np.ndarray]:
+    cand = cands.i2t[ch.queries, :k]
+    if listwise:
+      if not chooser_box:
+        chooser_box.append(make_chooser(get_scorer()))
+      return _choose_chunk(chooser_box[0], data, ch.queries, cand)
+    p, e = _score_chunk(get_scorer(), data, ch.queries, cand)
+    return {"p_true": p, "entropy": e}
 
-  plans = {}
-  for direction, cand, queries in (("t2i", cands.t2i, q_t2i), ("i2t", cands.i2t, q_i2t)):
-    order = queries
-    if direction == "t2i" and settings.cache_order:
-      order = queries[cache_order(cand[queries, :k])]
-    folder = os.path.join(score_dir, direction + ("_listwise" if direction == "i2t" and
-                                                  listwise else ""))
-    os.makedirs(folder, exist_ok=True)
-    plans[direction] = chunks.plan(order, settings.chunk_size, folder)
-    chunks.score_own(direction, plans[direction], lambda ch, c=cand[:, :k]: c[ch.queries],
-                     score_fn(direction, cand[:, :k]), (index, count), pairs_per_query=k)
+  plans, inputs_of = {}, {}
+  t2i_cands, i2t_cands = cands.t2i[:, :k], cands.i2t[:, :k]
+  folder = os.path.join(score_dir, "t2i")
+  os.makedirs(folder, exist_ok=True)
+  k_t2i = t2i_cands.shape[1]  # top_k, or the whole gallery when it is smaller
+  plans["t2i"] = chunks.plan(pair_order(t2i_cands, q_t2i), settings.chunk_size * k_t2i, folder)
+  inputs_of["t2i"] = lambda ch: pair_inputs(t2i_cands, ch.queries)
+  chunks.score_own("t2i", plans["t2i"], inputs_of["t2i"],
+                   lambda ch: _score_pair_chunk(get_scorer(), data, ch.queries, t2i_cands),
+                   (index, count))
+  folder = os.path.join(score_dir, "i2t_listwise" if listwise else "i2t")
+  os.makedirs(folder, exist_ok=True)
+  plans["i2t"] = chunks.plan(q_i2t, settings.chunk_size, folder)
+  inputs_of["i2t"] = lambda ch: i2t_cands[ch.queries]
+  chunks.score_own("i2t", plans["i2t"], inputs_of["i2t"], score_i2t, (index, count),
+                   pairs_per_query=k)
   barrier("retllm-scores")
   if index != 0:
     return None
 
   results = {}
   for direction, cand, queries in (("t2i", cands.t2i, q_t2i), ("i2t", cands.i2t, q_i2t)):
-    got = chunks.read_all(plans[direction], lambda ch, c=cand[:, :k]: c[ch.queries], queries)
+    width = min(k, cand.shape[1])
+    rows = queries if direction == "i2t" else (queries[:, None] * width +
+                                                np.arange(width)).reshape(-1)
+    got = chunks.read_all(plans[direction], inputs_of[direction], rows)
     if len(queries):
-      p, e = got["p_true"], got["entropy"]
+      p, e = (got[name].reshape(len(queries), width) for name in ("p_true", "entropy"))
     else:
-      p = e = np.zeros((0, cand[:, :k].shape[1]), np.float32)
+      p = e = np.zeros((0, width), np.float32)
     clip_order = cand[queries]
     results[direction] = (clip_order, ranking.rerank(clip_order, p, e))
 
