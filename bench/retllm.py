@@ -2,6 +2,7 @@
 HF batched, in one run, on a Qwen2.5-VL scaled down from 7B with its FLOP shares kept.
 
   python bench/retllm.py [--scale 8 --images 12 --k 5]
+  python bench/retllm.py --replay_only   # the full-size prefix replay alone (seconds, no model)
 
 Model: every width of Qwen2.5-VL-7B divided by --scale (text 3584, MLP 18944, vision 1280 /
 3420, vocabulary 152,064), all 28 decoder and 32 vision layers, 7B's head ratios; random
@@ -12,9 +13,10 @@ reference pair are printed beside 7B's.
 Workload: N images of Flickr sizes (about 256 visual tokens each) with 5 captions each; text->
 image: every caption against K = 5 candidates, its own image and 4 others drawn at random, so
 each image sits in about 25 lists, as in Flickr30k's CLIP top-5; image->text: every image
-against 5 captions (2 of its own). Ours scores the queries in chunks, one `score_pairs` call per
-chunk as the pipeline does (t2i queries in `pipeline.cache_order`), with the prefix cache
-budget of the default config scaled by 1/scale^2 (the K/V shrinks with the widths).
+against 5 captions (2 of its own). Ours scores in chunks, one `score_pairs` call per chunk as
+the pipeline does (t2i: --chunk * K pairs in `pipeline.pair_order`, by candidate image; i2t:
+--chunk image queries), with the prefix cache budget of the default config scaled by 1/scale^2
+(the K/V shrinks with the widths).
 
 Baselines, same weights, same run, timed in two halves around ours:
 - reference: the released code's way, one pair per forward at batch 1, the whole prompt, no
@@ -102,18 +104,19 @@ def prefix_entry_bytes(s: dict, tokens: int, dtype_bytes: int, armable: int = 10
 def simulate_prefixes(n_images: int, k: int, chunk: int, entries: int, batch_size: int = 8,
                       seed: int = 0, coarse: str = "embedding") -> dict:
   """Prefix computations per image of a full t2i + i2t run with an LRU of `entries` prefixes,
-  chunks in pipeline order: the scorer's grouping replayed without a model."""
+  chunks in pipeline order (`work_chunks`): the scorer's grouping replayed without a model."""
   from retformer_jax.retllm import caches
 
   w = workload_lists(seed, n_images, k, coarse=coarse)
   lru, made, needed = caches.LRU(max_items=entries), 0, 0
+  made_by = {}
   for direction in ("t2i", "i2t"):
-    cands = w[direction]
-    order = query_order(cands) if direction == "t2i" else np.arange(len(cands))
-    for s in range(0, len(order), chunk):
-      qs = order[s:s + chunk]
-      imgs = list(dict.fromkeys(cands[qs].reshape(-1).tolist())) if direction == "t2i" else \
-          qs.tolist()
+    before = made
+    for ids in work_chunks(w[direction], direction, chunk):
+      if direction == "t2i":  # pair ids q * k + slot: the chunk's images, grouped
+        imgs = list(dict.fromkeys(w["t2i"][ids // k, ids % k].tolist()))
+      else:
+        imgs = ids.tolist()
       for b in range(0, len(imgs), batch_size):  # a window's prefixes are held while used
         window = imgs[b:b + batch_size]
         needed += len(window)
@@ -121,7 +124,9 @@ def simulate_prefixes(n_images: int, k: int, chunk: int, entries: int, batch_siz
           if lru.get(i) is None:
             made += 1
             lru.put(i, True, nbytes=0)
-  return {"prefixes_per_image": made / n_images, "prefix_uses": needed}
+    made_by[direction] = (made - before) / n_images
+  return {"prefixes_per_image": made / n_images, "prefix_uses": needed,
+          "t2i_prefixes_per_image": made_by["t2i"], "i2t_prefixes_per_image": made_by["i2t"]}
 
 
 def _ceil64(n: int) -> int:
@@ -148,6 +153,45 @@ def ours_flops(c: dict, st: dict, layers: int, injection: bool) -> float:
   f += rl * (c["dec_layer"] + (pre + suf) * c["attn_layer"])
   f += st["reinject_rows"] * c["lm"] * (1 + (rl / max(st["reinject_rows"], 1)) / (pre + suf))
   return f
+
+
+DEFAULT_CHUNK = 64  # configs/common.py retllm.chunk_size
+
+
+def full_size_replay(k: int, chunk: int = DEFAULT_CHUNK) -> dict:
+  """Flickr30k (1k images) and COCO 5k at 7B: prefixes per image replayed in the pipeline's
+  chunks with the default budget and with the whole gallery cached; FLOPs vs the reference."""
+  c7 = costs(Q7B)
+  full = {}
+  for name, n_img, v in (("flickr30k", 1000, 256), ("coco5k", 5000, 391)):
+    pre, suf = v + 24, 28  # Qwen tokens before the caption / from it on (suffix padded: 32)
+    for label, entries in (("default", DEFAULT_PREFIX_BYTES // prefix_entry_bytes(
+        Q7B, _ceil64(pre), 2)), ("gallery", n_img)):
+      sim = simulate_prefixes(n_img, k, chunk, entries)
+      pairs_n = 2 * 5 * n_img * k // 2 + n_img * k
+      sim_st = {"prefix_misses": sim["prefixes_per_image"] * n_img,
+                "prefill_tokens": sim["prefixes_per_image"] * n_img * pre,
+                "extend_rows": pairs_n, "suffix_tokens": pairs_n * 32,
+                "vision_calls": n_img, "vision_patches": 4 * v * n_img,
+                "reinject_token_layers": 0, "reinject_rows": 0}
+      ref_n = pairs_n * sum(reference_pair(c7, 4 * v, pre + suf).values())
+      ours_n = ours_flops(c7, sim_st, Q7B["layers"], True)
+      full[f"{name}_{label}"] = {
+          "entries": int(entries), "prefixes_per_image": sim["prefixes_per_image"],
+          "t2i_prefixes_per_image": sim["t2i_prefixes_per_image"],
+          "i2t_prefixes_per_image": sim["i2t_prefixes_per_image"], "pairs": pairs_n, "reference_pflop": ref_n / 1e15, "ours_pflop": ours_n / 1e15,
+          "speedup": ref_n / ours_n}
+  return full
+
+
+def print_replay(full: dict) -> None:
+  print(f"full-size runs at 7B FLOPs (reuse replayed, chunk_size {DEFAULT_CHUNK}; injection not "
+        "firing):")
+  for key, f in full.items():
+    print(f"  {key:18s} LRU {f['entries']:5d} prefixes: {f['prefixes_per_image']:5.2f} per image "
+          f"(t2i {f['t2i_prefixes_per_image']:.2f} + i2t {f['i2t_prefixes_per_image']:.2f}),"
+          f" {f['pairs']} pairs, reference {f['reference_pflop']:7.1f} PFLOP, ours "
+          f"{f['ours_pflop']:6.1f} PFLOP, {f['speedup']:5.1f}x")
 
 
 # ------------------------------------------------------------------ data and models
@@ -315,11 +359,20 @@ def calibrate_true_row(hf: HF, image, caption) -> None:
 
 
 # ------------------------------------------------------------------ the runs
-def query_order(cands: np.ndarray) -> np.ndarray:
+def work_chunks(cands: np.ndarray, direction: str, chunk: int, frac: float = 1.0):
+  """The pipeline's units of work, chunk by chunk: t2i pair ids q * K + slot in
+  `pipeline.pair_order` (by candidate image), chunk * K pairs a chunk; i2t image queries in
+  order, chunk a chunk. frac: the first share of them only."""
   from retformer_jax.retllm import pipeline
 
-  order = getattr(pipeline, "cache_order", None)
-  return order(cands) if order is not None else np.lexsort(cands.T[::-1])
+  k = cands.shape[1]
+  if direction == "t2i":
+    order, size = pipeline.pair_order(cands, np.arange(len(cands))), chunk * k
+  else:
+    order, size = np.arange(len(cands)), chunk
+  order = order[:max(1, int(round(len(order) * frac)))]
+  for s in range(0, len(order), size):
+    yield order[s:s + size]
 
 
 def run_ours(scorer, w: dict, chunk: int, frac: float = 1.0):
@@ -328,26 +381,23 @@ def run_ours(scorer, w: dict, chunk: int, frac: float = 1.0):
   t0 = time.perf_counter()
   for direction in ("t2i", "i2t"):
     cands = w[direction]
-    order = query_order(cands) if direction == "t2i" else np.arange(len(cands))
-    order = order[:max(1, int(round(len(order) * frac)))]
-    for s in range(0, len(order), chunk):
-      qs = order[s:s + chunk]
-      uniq, inv = np.unique(cands[qs], return_inverse=True)
-      inv = inv.reshape(len(qs), -1)
-      if direction == "t2i":
-        res = scorer.score_pairs([w["images"][i] for i in uniq],
-                                 [w["captions"][q] for q in qs],
-                                 [(int(inv[r, c]), r) for r in range(len(qs))
-                                  for c in range(cands.shape[1])])
-        keys = [(int(uniq[inv[r, c]]), int(q)) for r, q in enumerate(qs)
-                for c in range(cands.shape[1])]
+    k = cands.shape[1]
+    for ids in work_chunks(cands, direction, chunk, frac):
+      if direction == "t2i":  # one call per chunk of pairs, grouped by image
+        img_of, cap_of = cands[ids // k, ids % k], ids // k
+        images, ii = np.unique(img_of, return_inverse=True)
+        caps, ci = np.unique(cap_of, return_inverse=True)
+        res = scorer.score_pairs([w["images"][i] for i in images],
+                                 [w["captions"][q] for q in caps],
+                                 list(zip(ii.reshape(-1).tolist(), ci.reshape(-1).tolist())))
+        keys = [(int(i), int(q)) for i, q in zip(img_of, cap_of)]
       else:
-        res = scorer.score_pairs([w["images"][q] for q in qs],
+        uniq, inv = np.unique(cands[ids], return_inverse=True)
+        inv = inv.reshape(len(ids), -1)
+        res = scorer.score_pairs([w["images"][q] for q in ids],
                                  [w["captions"][j] for j in uniq],
-                                 [(r, int(inv[r, c])) for r in range(len(qs))
-                                  for c in range(cands.shape[1])])
-        keys = [(int(q), int(uniq[inv[r, c]])) for r, q in enumerate(qs)
-                for c in range(cands.shape[1])]
+                                 [(r, int(inv[r, c])) for r in range(len(ids)) for c in range(k)])
+        keys = [(int(q), int(uniq[inv[r, c]])) for r, q in enumerate(ids) for c in range(k)]
       for key, p, e, a in zip(keys, res.p_true, res.entropy, res.armed_layer):
         out.setdefault(key, []).append((p, e, a))
   return out, time.perf_counter() - t0
@@ -394,7 +444,14 @@ def main() -> None:
   ap.add_argument("--fired_fraction", type=float, default=0.5,
                   help="share of each direction's queries scored in the firing regime")
   ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+  ap.add_argument("--replay_only", action="store_true",
+                  help="only the full-size prefix replay (no model runs): its table and JSON")
   args = ap.parse_args()
+  if args.replay_only:
+    full = full_size_replay(args.k)
+    print_replay(full)
+    print(json.dumps({"full_size_7b": full}))
+    return
   if args.images < args.k:
     ap.error(f"--images {args.images} must be >= --k {args.k} (distinct candidates per list).")
 
@@ -476,25 +533,7 @@ def main() -> None:
   ref7 = sum(reference_pair(c7, patches, tokens).values())
   proj = ref7 * st["pairs"] / ours_flops(c7, st, s7["layers"], True)
   proj_f = ref7 * stf["pairs"] / ours_flops(c7, stf, s7["layers"], True)
-  # Full-size runs at 7B, reuse replayed with the default budget and with the whole gallery.
-  full = {}
-  for name, n_img, v in (("flickr30k", 1000, 256), ("coco5k", 5000, 391)):
-    pre, suf = v + 24, 28  # Qwen tokens before the caption / from it on (suffix padded: 32)
-    for label, entries in (("default", DEFAULT_PREFIX_BYTES // prefix_entry_bytes(
-        Q7B, _ceil64(pre), 2)), ("gallery", n_img)):
-      sim = simulate_prefixes(n_img, args.k, 64, entries)
-      pairs_n = 2 * 5 * n_img * args.k // 2 + n_img * args.k
-      sim_st = {"prefix_misses": sim["prefixes_per_image"] * n_img,
-                "prefill_tokens": sim["prefixes_per_image"] * n_img * pre,
-                "extend_rows": pairs_n, "suffix_tokens": pairs_n * 32,
-                "vision_calls": n_img, "vision_patches": 4 * v * n_img,
-                "reinject_token_layers": 0, "reinject_rows": 0}
-      ref_n = pairs_n * sum(reference_pair(c7, 4 * v, pre + suf).values())
-      ours_n = ours_flops(c7, sim_st, s7["layers"], True)
-      full[f"{name}_{label}"] = {
-          "entries": int(entries), "prefixes_per_image": sim["prefixes_per_image"],
-          "pairs": pairs_n, "reference_pflop": ref_n / 1e15, "ours_pflop": ours_n / 1e15,
-          "speedup": ref_n / ours_n}
+  full = full_size_replay(args.k)
   result = {
       "ours_pairs_s": ours_ps, "reference_pairs_s": ref_ps, "hf_batched_pairs_s": hfb_ps,
       "speedup_vs_reference": ours_ps / ref_ps, "speedup_vs_hf_batched": ours_ps / hfb_ps,
@@ -531,11 +570,7 @@ def main() -> None:
   print(f"vs HF batched: {ours_ps / hfb_ps:.1f}x; projected at 7B FLOPs: {proj:.1f}x (never "
         f"firing), {proj_f:.1f}x (firing); max |dP(True)| {max(diffs):.1e} over "
         f"{len(diffs)} pairs; compile warm-up {warm_s:.0f} s")
-  print("full-size runs at 7B FLOPs (reuse replayed; injection not firing):")
-  for key, f in full.items():
-    print(f"  {key:18s} LRU {f['entries']:5d} prefixes: {f['prefixes_per_image']:5.2f} per image,"
-          f" {f['pairs']} pairs, reference {f['reference_pflop']:7.1f} PFLOP, ours "
-          f"{f['ours_pflop']:6.1f} PFLOP, {f['speedup']:5.1f}x")
+  print_replay(full)
   print(json.dumps(extra))
   print(json.dumps(result))
 
