@@ -64,11 +64,11 @@ def test_demo_stage_end_to_end_and_rerun(tmp_path, monkeypatch):
   for d in ("t2i", "i2t"):
     chunks = sorted(os.listdir(os.path.join(score_dir, d)))
     scored = [dict(np.load(os.path.join(score_dir, d, f))) for f in chunks]
-    held = np.concatenate([c["queries"] for c in scored])  # t2i: in cache order
-    back = np.argsort(held)  # the files' rows in query order
-    p = np.concatenate([c["p_true"] for c in scored])[back]
-    e = np.concatenate([c["entropy"] for c in scored])[back]
-    queries = held[back]
+    held = np.concatenate([c["queries"] for c in scored])  # t2i: pair ids q * 3 + slot
+    back = np.argsort(held)  # the files' rows in query (t2i: pair id) order
+    p = np.concatenate([c["p_true"] for c in scored])[back].reshape(-1, 3)
+    e = np.concatenate([c["entropy"] for c in scored])[back].reshape(-1, 3)
+    queries = held[back] if d == "i2t" else held[back][::3] // 3
     np.testing.assert_array_equal(queries, ranked[f"{d}_queries"])
     clip = ranked[f"{d}_clip"]
     for q in range(len(queries)):
