@@ -179,8 +179,8 @@ def full_size_replay(k: int, chunk: int = DEFAULT_CHUNK) -> dict:
       full[f"{name}_{label}"] = {
           "entries": int(entries), "prefixes_per_image": sim["prefixes_per_image"],
           "t2i_prefixes_per_image": sim["t2i_prefixes_per_image"],
-          "i2t_prefixes_per_image": sim["i2t_prefixes_per_image"], "pairs": pairs_n, "reference_pflop": ref_n / 1e15, "ours_pflop": ours_n / 1e15,
-          "speedup": ref_n / ours_n}
+          "i2t_prefixes_per_image": sim["i2t_prefixes_per_image"], "pairs": pairs_n,
+          "reference_pflop": ref_n / 1e15, "ours_pflop": ours_n / 1e15, "speedup": ref_n / ours_n}
   return full
 
 
