@@ -149,6 +149,12 @@ def run_size(n: int, args, tmp: str) -> dict:
       t = time.perf_counter()
       found[name].append(search(q[lo:lo + args.chunk]))
       seconds[name] += time.perf_counter() - t
+      # Untimed pause: the exact search frees GBs of score buffers as it returns, and on a
+      # 2-core machine that release slows whatever runs next for up to ~1 s (measured: IVF-PQ
+      # + re-scoring at a third of its speed right after exact, full speed 2 s later). The
+      # pause keeps one backend's aftermath off the next one's clock (exact's own release is
+      # then counted to nobody, which flatters exact).
+      time.sleep(args.settle)
   truth = np.concatenate(found["exact"])
   exact_qps = len(q) / seconds["exact"]
   for name in searches:
@@ -212,6 +218,8 @@ def main() -> None:
   p.add_argument("--hnsw_max_n", type=int, default=100_000, help="skip HNSW above this N")
   p.add_argument("--backends", default="", help="comma list; empty = all")
   p.add_argument("--chunk", type=int, default=1000, help="queries per interleaved round")
+  p.add_argument("--settle", type=float, default=2.0,
+                 help="untimed seconds between backends in a round (0 = none)")
   p.add_argument("--max_bytes", type=float, default=100.0, help="headline: RAM bound")
   p.add_argument("--min_recall", type=float, default=0.95, help="headline: recall@k bound")
   args = p.parse_args()
